@@ -1,0 +1,41 @@
+"""diffusionkit: Denoising Diffusion Probabilistic Models (Ho et al. 2020) in PyTorch.
+
+Conventions used throughout the library: timesteps ``t`` are 0-based integers (``t = 0`` is
+the first noising step, step 1 in the paper; ``t = T - 1`` the last), and images live in
+``[-1, 1]``.
+
+Quick start::
+
+    import torch
+    from diffusionkit import DenoiseDiffusion, UNet
+
+    model = DenoiseDiffusion(UNet(in_channels=1, dim=32, dim_mults=(1, 2), attns=(False, True)))
+    loss = model.loss(torch.rand(8, 1, 16, 16) * 2 - 1)
+    samples = model.reverse_sample((4, 1, 16, 16), generator=torch.Generator().manual_seed(0))
+"""
+
+from diffusionkit._version import __version__
+from diffusionkit.denoiser import Denoiser
+from diffusionkit.diffusion import DenoiseDiffusion, Prediction, SampleTrajectory
+from diffusionkit.networks import UNet
+from diffusionkit.samplers import DDPMSampler, PosteriorMeanSampler, Sampler, Variance
+from diffusionkit.schedules import CosineSchedule, LinearSchedule, NoiseSchedule, RespacedSchedule
+from diffusionkit.spacing import Spacing
+
+__all__ = [
+    "CosineSchedule",
+    "DDPMSampler",
+    "DenoiseDiffusion",
+    "Denoiser",
+    "LinearSchedule",
+    "NoiseSchedule",
+    "PosteriorMeanSampler",
+    "Prediction",
+    "RespacedSchedule",
+    "SampleTrajectory",
+    "Sampler",
+    "Spacing",
+    "UNet",
+    "Variance",
+    "__version__",
+]
