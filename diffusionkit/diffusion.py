@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from diffusionkit._random import Generators, randn
+from diffusionkit.hub.mixin import PretrainedMixin
 from diffusionkit.samplers import DDPMSampler, Sampler
 from diffusionkit.schedules import LinearSchedule, NoiseSchedule, RespacedSchedule
 from diffusionkit.spacing import Spacing
@@ -75,7 +76,7 @@ def _check_finite(name: str, x: Tensor) -> None:
         raise ValueError(f"{name} contains NaN or infinite values")
 
 
-class DenoiseDiffusion(nn.Module):
+class DenoiseDiffusion(nn.Module, PretrainedMixin):
     """A DDPM: network + noise schedule + sampler (Ho et al. 2020).
 
     Args:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusionkit.denoiser import Denoiser
+from diffusionkit.hub.mixin import PretrainedMixin
 from diffusionkit.networks.layers import Attention, Downsample, ResBlock, TimeEmbedding, Upsample
 
 __all__ = ["UNet"]
@@ -41,7 +42,7 @@ class _Level(nn.Module):
         self.resample = resample
 
 
-class UNet(Denoiser):
+class UNet(Denoiser, PretrainedMixin):
     """DDPM U-Net predicting a tensor shaped like its input.
 
     Args:
