@@ -1,0 +1,205 @@
+"""diffusers ``DDPMScheduler`` config <-> diffusionkit schedule, sampler and prediction type.
+
+A ``DDPMScheduler`` config says three things diffusionkit keeps in separate objects:
+
+* the betas (``beta_schedule``, ``beta_start``, ``beta_end``, ``num_train_timesteps``): "linear"
+  is :class:`~diffusionkit.LinearSchedule` with ``scale_with_timesteps=False`` (diffusers uses the
+  ends as given at any ``T``), "squaredcos_cap_v2" is :class:`~diffusionkit.CosineSchedule`
+  (``s = 0.008``, ``max_beta = 0.999``);
+* the reverse step (``variance_type``, ``clip_sample``): :class:`~diffusionkit.DDPMSampler` with
+  ``variance="posterior"`` (``fixed_small``, ``beta_tilde``) or ``"beta"`` (``fixed_large``) and
+  ``clip_x0=clip_sample``. diffusers forms the posterior mean from the (clipped) ``x0``
+  (Ho et al. 2020, eq. 7), the DDPMSampler from the ``eps`` consistent with it (Algorithm 2):
+  the same mean, algebraically;
+* what the network predicts (``prediction_type``): epsilon, sample (x0) or v_prediction.
+
+Everything else (other beta schedules, explicit betas, learned variances, thresholding, a clip
+range other than 1, zero-terminal-SNR rescaling) raises
+:class:`~diffusionkit.hub.errors.CheckpointError`: no silent approximation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from diffusionkit.diffusion import Prediction
+from diffusionkit.hub.errors import CheckpointError
+from diffusionkit.samplers import DDPMSampler, PosteriorMeanSampler, Sampler, Variance
+from diffusionkit.schedules import CosineSchedule, LinearSchedule, NoiseSchedule
+
+__all__ = ["SCHEDULER_DEFAULTS", "components_from_scheduler", "diffusers_scheduler_config"]
+
+#: ``DDPMScheduler.__init__`` defaults (diffusers 0.42), for fields an older config omits
+SCHEDULER_DEFAULTS: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+    "variance_type": "fixed_small",
+    "clip_sample": True,
+    "prediction_type": "epsilon",
+    "thresholding": False,
+    "dynamic_thresholding_ratio": 0.995,
+    "clip_sample_range": 1.0,
+    "sample_max_value": 1.0,
+    "timestep_spacing": "leading",
+    "steps_offset": 0,
+    "rescale_betas_zero_snr": False,
+}
+#: fields that change nothing about the model: inference-time respacing defaults, settings
+#: read only with thresholding, and fields of diffusers 0.1-0.3 configs
+_INERT = {
+    "timestep_spacing",
+    "steps_offset",
+    "dynamic_thresholding_ratio",
+    "sample_max_value",
+    "tensor_format",
+    "timestep_values",
+}
+_PREDICTIONS = {"epsilon": Prediction.EPS, "sample": Prediction.X0, "v_prediction": Prediction.V}
+#: fixed_small_log draws with exp(log(beta_tilde) / 2), the same standard deviation
+_VARIANCES = {
+    "fixed_small": Variance.POSTERIOR,
+    "fixed_small_log": Variance.POSTERIOR,
+    "fixed_large": Variance.BETA,
+}
+_COSINE_S, _COSINE_MAX_BETA = 0.008, 0.999  # diffusers' squaredcos_cap_v2 constants
+
+
+def _number(value: Any, name: str, label: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise CheckpointError(f"{label}: {name} must be a number, got {value!r}")
+    return float(value)
+
+
+def components_from_scheduler(
+    config: Mapping[str, Any], label: str
+) -> tuple[NoiseSchedule, Sampler, Prediction]:
+    """The schedule, sampler and prediction type equivalent to a ``DDPMScheduler`` config.
+
+    Args:
+        config: parsed ``scheduler/scheduler_config.json``; missing fields take diffusers'
+            defaults (``clip_sample`` defaults to true and ``variance_type`` to fixed_small).
+        label: the file, for error messages.
+
+    Raises:
+        CheckpointError: another scheduler class, or a setting without an exact counterpart.
+    """
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"{label}: expected a JSON object")
+    class_name = config.get("_class_name", "DDPMScheduler")
+    if class_name != "DDPMScheduler":
+        raise CheckpointError(
+            f"{label}: scheduler {class_name} is not supported; diffusionkit maps DDPMScheduler"
+        )
+    fields = {k: v for k, v in config.items() if not k.startswith("_")}
+    unknown = sorted(set(fields) - set(SCHEDULER_DEFAULTS) - _INERT)
+    if unknown:
+        raise CheckpointError(
+            f"{label}: unknown DDPMScheduler field(s) {', '.join(unknown)}: cannot tell whether "
+            "they change sampling"
+        )
+    cfg = {**SCHEDULER_DEFAULTS, **fields}
+
+    def unsupported(key: str, why: str) -> CheckpointError:
+        return CheckpointError(f"{label}: {key}={cfg[key]!r} is not supported ({why})")
+
+    steps = cfg["num_train_timesteps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise CheckpointError(f"{label}: num_train_timesteps must be a positive int, got {steps!r}")
+    if cfg["trained_betas"] is not None:
+        raise unsupported("trained_betas", "explicit beta lists have no diffusionkit schedule")
+    if cfg["rescale_betas_zero_snr"] is not False:
+        raise unsupported(
+            "rescale_betas_zero_snr", "zero-terminal-SNR rescaling is not implemented"
+        )
+    schedule: NoiseSchedule
+    if cfg["beta_schedule"] == "linear":
+        start = _number(cfg["beta_start"], "beta_start", label)
+        end = _number(cfg["beta_end"], "beta_end", label)
+        try:
+            schedule = LinearSchedule(steps, start, end, scale_with_timesteps=False)
+        except ValueError as err:
+            raise CheckpointError(f"{label}: {err}") from None
+    elif cfg["beta_schedule"] == "squaredcos_cap_v2":
+        schedule = CosineSchedule(steps, s=_COSINE_S, max_beta=_COSINE_MAX_BETA)
+    else:
+        raise unsupported("beta_schedule", "supported: 'linear', 'squaredcos_cap_v2'")
+
+    if cfg["variance_type"] not in _VARIANCES:
+        raise unsupported(
+            "variance_type", "supported: 'fixed_small', 'fixed_small_log', 'fixed_large'"
+        )
+    if cfg["thresholding"] is not False:
+        raise unsupported("thresholding", "dynamic thresholding is not implemented")
+    clip = cfg["clip_sample"]
+    if not isinstance(clip, bool):
+        raise CheckpointError(f"{label}: clip_sample must be true or false, got {clip!r}")
+    if clip and _number(cfg["clip_sample_range"], "clip_sample_range", label) != 1.0:
+        raise unsupported("clip_sample_range", "x0 is clipped to [-1, 1] only")
+    sampler = DDPMSampler(_VARIANCES[cfg["variance_type"]], clip_x0=clip)
+
+    if cfg["prediction_type"] not in _PREDICTIONS:
+        raise unsupported("prediction_type", "supported: 'epsilon', 'sample', 'v_prediction'")
+    return schedule, sampler, _PREDICTIONS[cfg["prediction_type"]]
+
+
+def diffusers_scheduler_config(
+    schedule: NoiseSchedule, sampler: Sampler, prediction: Prediction
+) -> dict[str, Any]:
+    """The ``DDPMScheduler`` config (every field explicit) of a schedule, sampler and prediction.
+
+    Raises:
+        ValueError: a component has no ``DDPMScheduler`` counterpart.
+    """
+    steps = schedule.timesteps
+    if type(schedule) is LinearSchedule:
+        # diffusers uses the ends as given: bake diffusionkit's 1000 / T scaling into them
+        scale = 1000.0 / steps if schedule.scale_with_timesteps else 1.0
+        betas = {
+            "beta_schedule": "linear",
+            "beta_start": schedule.beta_start * scale,
+            "beta_end": schedule.beta_end * scale,
+        }
+    elif (
+        type(schedule) is CosineSchedule
+        and schedule.s == _COSINE_S
+        and schedule.max_beta == _COSINE_MAX_BETA
+    ):
+        betas = {"beta_schedule": "squaredcos_cap_v2", "beta_start": 0.0001, "beta_end": 0.02}
+    else:
+        raise ValueError(
+            f"cannot export {schedule!r} to diffusers: DDPMScheduler has linear betas and the "
+            f"cosine schedule with s={_COSINE_S}, max_beta={_COSINE_MAX_BETA}"
+        )
+    if type(sampler) is DDPMSampler:
+        variance = "fixed_small" if sampler.variance is Variance.POSTERIOR else "fixed_large"
+        clip = sampler.clip_x0
+    elif type(sampler) is PosteriorMeanSampler and sampler.stochastic:
+        variance, clip = "fixed_small", sampler.clip_x0  # the same step as DDPMScheduler's
+    else:
+        raise ValueError(
+            f"cannot export the sampler {sampler!r} to diffusers: DDPMScheduler takes ancestral "
+            "DDPM steps (DDPMSampler, or a stochastic PosteriorMeanSampler)"
+        )
+    prediction_type = {v: k for k, v in _PREDICTIONS.items()}[Prediction(prediction)]
+    return {
+        "_class_name": "DDPMScheduler",
+        "_diffusers_version": "0.30.0",
+        "num_train_timesteps": steps,
+        **betas,
+        "trained_betas": None,
+        "variance_type": variance,
+        "clip_sample": clip,
+        "prediction_type": prediction_type,
+        "thresholding": False,
+        "dynamic_thresholding_ratio": 0.995,
+        "clip_sample_range": 1.0,
+        "sample_max_value": 1.0,
+        "timestep_spacing": "leading",
+        "steps_offset": 0,
+        "rescale_betas_zero_snr": False,
+    }
