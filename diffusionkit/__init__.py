@@ -18,24 +18,47 @@ from diffusionkit._version import __version__
 from diffusionkit.denoiser import Denoiser
 from diffusionkit.diffusion import DenoiseDiffusion, Prediction, SampleTrajectory
 from diffusionkit.networks import UNet
-from diffusionkit.samplers import DDPMSampler, PosteriorMeanSampler, Sampler, Variance
-from diffusionkit.schedules import CosineSchedule, LinearSchedule, NoiseSchedule, RespacedSchedule
+from diffusionkit.samplers import (
+    DDIMSampler,
+    DDPMSampler,
+    PosteriorMeanSampler,
+    Sampler,
+    Variance,
+    get_sampler,
+)
+from diffusionkit.schedules import (
+    CosineSchedule,
+    LinearSchedule,
+    NoiseSchedule,
+    RespacedSchedule,
+    SigmoidSchedule,
+    ZeroTerminalSNRSchedule,
+    rescale_zero_terminal_snr,
+)
 from diffusionkit.spacing import Spacing
+from diffusionkit.weighting import LossWeighting, MinSNRWeighting
 
 __all__ = [
     "CosineSchedule",
+    "DDIMSampler",
     "DDPMSampler",
     "DenoiseDiffusion",
     "Denoiser",
     "LinearSchedule",
+    "LossWeighting",
+    "MinSNRWeighting",
     "NoiseSchedule",
     "PosteriorMeanSampler",
     "Prediction",
     "RespacedSchedule",
     "SampleTrajectory",
     "Sampler",
+    "SigmoidSchedule",
     "Spacing",
     "UNet",
     "Variance",
+    "ZeroTerminalSNRSchedule",
     "__version__",
+    "get_sampler",
+    "rescale_zero_terminal_snr",
 ]

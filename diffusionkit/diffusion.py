@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Literal, overload
 
 import torch
@@ -17,31 +16,21 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from diffusionkit._random import Generators, randn
+from diffusionkit.conditioning import check_cond, check_labels, drop_condition, drop_mask
+from diffusionkit.editing import Inpainting, check_image, noised
+from diffusionkit.guidance import guided
 from diffusionkit.hub.mixin import PretrainedMixin
-from diffusionkit.samplers import DDPMSampler, Sampler
-from diffusionkit.schedules import LinearSchedule, NoiseSchedule, RespacedSchedule
+from diffusionkit.prediction import Prediction, split_prediction
+from diffusionkit.samplers import DDPMSampler, Sampler, get_sampler
+from diffusionkit.sampling_plan import SamplingPlan, plan_sampling
+from diffusionkit.schedules import LinearSchedule, NoiseSchedule
 from diffusionkit.spacing import Spacing
+from diffusionkit.weighting import LossWeighting
 
 __all__ = ["DenoiseDiffusion", "Prediction", "SampleTrajectory"]
 
 #: ``callback(step, t, x_t, x0_pred)`` called after every reverse step; ``step`` counts from 0.
 StepCallback = Callable[[int, int, Tensor, Tensor], None]
-
-
-class Prediction(str, Enum):
-    """What the network predicts from ``x_t``.
-
-    With ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``:
-
-    * ``EPS``: the noise ``eps`` (Ho et al. 2020, eq. 11-12);
-    * ``X0``: the clean image ``x0``;
-    * ``V``: the velocity ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0`` (Salimans & Ho 2022,
-      Sec. 4).
-    """
-
-    EPS = "eps"
-    X0 = "x0"
-    V = "v"
 
 
 @dataclass
@@ -50,7 +39,7 @@ class SampleTrajectory:
 
     Attributes:
         samples: final samples ``(B, C, H, W)`` on the model's device.
-        x_t: ``(S + 1, B, C, H, W)``: the initial noise, then ``x`` after each of the ``S`` steps.
+        x_t: ``(S + 1, B, C, H, W)``: the initial ``x``, then ``x`` after each of the ``S`` steps.
         x0_pred: ``(S, B, C, H, W)``: the network's estimate of ``x0`` at each step.
         timesteps: ``(S,)`` the model timestep of each step, in the order visited (descending).
     """
@@ -59,16 +48,6 @@ class SampleTrajectory:
     x_t: Tensor
     x0_pred: Tensor
     timesteps: Tensor
-
-
-def _split(out: Tensor, x_t: Tensor, a: Tensor | float, b: Tensor | float, kind: Prediction):
-    """Return ``(eps, x0)`` from a network output, where ``a = sqrt(abar)``, ``b = sqrt(1 - abar)``."""
-    if kind is Prediction.EPS:
-        return out, (x_t - b * out) / a
-    if kind is Prediction.X0:
-        return (x_t - a * out) / b, out
-    # v = a eps - b x0 and x_t = a x0 + b eps, with a² + b² = 1  (Salimans & Ho 2022, App. D)
-    return b * x_t + a * out, a * x_t - b * out
 
 
 def _check_finite(name: str, x: Tensor) -> None:
@@ -84,8 +63,13 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
             called as ``net(x, t)`` with ``x`` ``(B, C, H, W)`` and ``t`` ``(B,)`` int64.
         schedule: the forward-process schedule; a new :class:`LinearSchedule` (``T = 1000``)
             by default.
-        sampler: the default reverse step; a new :class:`DDPMSampler` by default.
+        sampler: the default reverse step: a :class:`Sampler`, or a registered name such as
+            ``"ddim"`` (see :func:`~diffusionkit.get_sampler`); a new :class:`DDPMSampler` by
+            default.
         prediction: what ``net`` predicts: ``"eps"``, ``"x0"`` or ``"v"`` (see :class:`Prediction`).
+        weighting: per-timestep weight of the training loss, e.g.
+            :class:`~diffusionkit.MinSNRWeighting` (Hang et al. 2023); ``None`` is the simple
+            unweighted objective (Ho et al. 2020, eq. 14). It only affects :meth:`loss`.
 
     Example:
         >>> from diffusionkit import DenoiseDiffusion, UNet
@@ -97,8 +81,9 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
         self,
         net: nn.Module,
         schedule: NoiseSchedule | None = None,
-        sampler: Sampler | None = None,
+        sampler: Sampler | str | None = None,
         prediction: Prediction | str = Prediction.EPS,
+        weighting: LossWeighting | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(net, nn.Module):
@@ -107,10 +92,11 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
             schedule = LinearSchedule()
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
-        if sampler is None:
-            sampler = DDPMSampler()
-        if not isinstance(sampler, Sampler):
-            raise TypeError(f"sampler must be a Sampler, got {type(sampler).__name__}")
+        sampler = DDPMSampler() if sampler is None else get_sampler(sampler)
+        if weighting is not None and not isinstance(weighting, LossWeighting):
+            raise TypeError(
+                f"weighting must be a LossWeighting or None, got {type(weighting).__name__}"
+            )
         try:
             prediction = Prediction(prediction)
         except ValueError:
@@ -120,6 +106,7 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
         self.schedule = schedule
         self.sampler = sampler
         self.prediction = prediction
+        self.weighting = weighting
         # schedule tensors cast once per (name, device, dtype): not buffers, so they never
         # enter the state dict and never move on every call
         self._coef_cache: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
@@ -228,25 +215,33 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
         noise: Tensor | None = None,
         *,
         generator: Generators = None,
-        labels: Tensor | None = None,
+        labels: Tensor | int | None = None,
         cond: Tensor | None = None,
+        cond_drop_prob: float = 0.0,
     ) -> Tensor:
         """The simplified DDPM objective (Ho et al. 2020, eq. 14) for any prediction type.
 
-        ``E_{t, eps} || target - net(x_t, t) ||²`` with ``target`` = ``eps``, ``x0`` or ``v``.
+        ``E_{t, eps} w_t || target - net(x_t, t) ||²`` with ``target`` = ``eps``, ``x0`` or
+        ``v`` and ``w_t = 1`` unless the model has a :attr:`weighting`.
 
         Args:
             x0: clean images ``(B, C, H, W)`` in ``[-1, 1]``.
             t: 0-based timesteps ``(B,)``; uniform over ``[0, T)`` when ``None``.
             noise: ``eps`` ``(B, C, H, W)``; standard normal when ``None``.
-            generator: source of ``t`` and ``noise`` when they are not given (a single
-                generator; a list of per-sample generators is accepted for ``noise`` only
-                when ``t`` is given).
-            labels: class labels ``(B,)`` passed to the network, if it takes them.
-            cond: conditioning images passed to the network, if it takes them.
+            generator: source of ``t``, ``noise`` and the condition dropout, in that order,
+                when they are drawn (a single generator; a list of per-sample generators is
+                accepted for ``noise`` and the dropout only when ``t`` is given).
+            labels: class labels ``(B,)`` int64 (or one int for the batch), ``-1`` = no label;
+                checked against the network's ``num_classes`` when it has one.
+            cond: conditioning images ``(B, C_cond, H, W)``.
+            cond_drop_prob: probability, per sample, of replacing its condition by the null
+                condition (label ``-1`` and/or an all-zero ``cond``, jointly), which trains the
+                unconditional model that classifier-free guidance needs (Ho & Salimans 2022,
+                Algorithm 1; they use 0.1 to 0.2).
 
         Returns:
-            Scalar mean squared error.
+            Scalar loss: the mean squared error, or the mean of per-sample weighted squared
+            errors with a :attr:`weighting`.
         """
         self._check_images("x0", x0)
         lo, hi = torch.aminmax(x0.detach())
@@ -260,6 +255,12 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
                 "diffusionkit.data, which scales for you."
             )
         batch = x0.shape[0]
+        labels_t = check_labels(labels, batch, self.net, x0.device)
+        cond_t = check_cond(cond, x0.shape, self.net, x0.device, x0.dtype)
+        if isinstance(cond_drop_prob, bool) or not 0.0 <= cond_drop_prob <= 1.0:
+            raise ValueError(f"cond_drop_prob must be a number in [0, 1], got {cond_drop_prob!r}")
+        if cond_drop_prob > 0 and labels_t is None and cond_t is None:
+            raise ValueError("cond_drop_prob needs a condition to drop: pass labels and/or cond")
         if t is None:
             if generator is not None and not isinstance(generator, torch.Generator):
                 raise ValueError("pass t explicitly when generator is a list of generators")
@@ -267,7 +268,10 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
             t = torch.randint(0, self.timesteps, (batch,), generator=generator, device=device)
         t = self._check_t(t, batch, x0.device)
         x_t, noise = self.forward_sample(x0, t, noise, generator=generator)
-        out = self._net(x_t, t, labels, cond)
+        if cond_drop_prob > 0:
+            drop = drop_mask(batch, cond_drop_prob, generator, x0.device)
+            labels_t, cond_t = drop_condition(labels_t, cond_t, drop)
+        out = self._net(x_t, t, labels_t, cond_t)
         if self.prediction is Prediction.EPS:
             target = noise
         elif self.prediction is Prediction.X0:
@@ -276,7 +280,11 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
             a = self._coef("sqrt_alphas_cumprod", t, x0)
             b = self._coef("sqrt_one_minus_alphas_cumprod", t, x0)
             target = a * noise - b * x0
-        return F.mse_loss(out.float(), target.float())
+        if self.weighting is None:
+            return F.mse_loss(out.float(), target.float())
+        per_sample = (out.float() - target.float()).square().flatten(1).mean(dim=1)  # (B,)
+        snr = self._coef("snr", t, per_sample)  # (B,) float32
+        return (self.weighting.weights(snr, self.prediction) * per_sample).mean()
 
     def forward(self, x0: Tensor, **kwargs: Any) -> Tensor:
         """Same as :meth:`loss`, so that wrappers such as DistributedDataParallel can call it."""
@@ -288,10 +296,12 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
     ) -> tuple[Tensor, Tensor]:
         self._check_images("x_t", x_t)
         t = self._check_t(t, x_t.shape[0], x_t.device)
+        labels = check_labels(labels, x_t.shape[0], self.net, x_t.device)
+        cond = check_cond(cond, x_t.shape, self.net, x_t.device, x_t.dtype)
         out = self._net(x_t, t, labels, cond)
         a = self._coef("sqrt_alphas_cumprod", t, x_t)
         b = self._coef("sqrt_one_minus_alphas_cumprod", t, x_t)
-        return _split(out, x_t, a, b, self.prediction)
+        return split_prediction(out, x_t, a, b, self.prediction)
 
     def predict_x0(
         self,
@@ -319,125 +329,237 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
     @overload
     def reverse_sample(
         self,
-        shape: Sequence[int],
+        shape: Sequence[int] | None = ...,
         *,
         generator: Generators = ...,
-        sampler: Sampler | None = ...,
+        sampler: Sampler | str | None = ...,
         steps: int | None = ...,
         spacing: Spacing | str = ...,
-        progress: bool = ...,
-        return_intermediates: Literal[False] = ...,
-        clip: bool = ...,
-        labels: Tensor | None = ...,
+        start_step: int | None = ...,
+        end_step: int | None = ...,
+        x_init: Tensor | None = ...,
+        x_known: Tensor | None = ...,
+        mask: Tensor | None = ...,
+        resample_jumps: int = ...,
+        labels: Tensor | int | None = ...,
         cond: Tensor | None = ...,
+        guidance_scale: float | None = ...,
+        progress: bool = ...,
+        clip: bool = ...,
         callback: StepCallback | None = ...,
+        return_intermediates: Literal[False] = ...,
     ) -> Tensor: ...
 
     @overload
     def reverse_sample(
         self,
-        shape: Sequence[int],
+        shape: Sequence[int] | None = ...,
         *,
         generator: Generators = ...,
-        sampler: Sampler | None = ...,
+        sampler: Sampler | str | None = ...,
         steps: int | None = ...,
         spacing: Spacing | str = ...,
-        progress: bool = ...,
-        return_intermediates: Literal[True],
-        clip: bool = ...,
-        labels: Tensor | None = ...,
+        start_step: int | None = ...,
+        end_step: int | None = ...,
+        x_init: Tensor | None = ...,
+        x_known: Tensor | None = ...,
+        mask: Tensor | None = ...,
+        resample_jumps: int = ...,
+        labels: Tensor | int | None = ...,
         cond: Tensor | None = ...,
+        guidance_scale: float | None = ...,
+        progress: bool = ...,
+        clip: bool = ...,
         callback: StepCallback | None = ...,
+        return_intermediates: Literal[True],
     ) -> SampleTrajectory: ...
 
     def reverse_sample(
         self,
-        shape: Sequence[int],
+        shape: Sequence[int] | None = None,
         *,
         generator: Generators = None,
-        sampler: Sampler | None = None,
+        sampler: Sampler | str | None = None,
         steps: int | None = None,
         spacing: Spacing | str = Spacing.TRAILING,
-        progress: bool = True,
-        return_intermediates: bool = False,
-        clip: bool = False,
-        labels: Tensor | None = None,
+        start_step: int | None = None,
+        end_step: int | None = None,
+        x_init: Tensor | None = None,
+        x_known: Tensor | None = None,
+        mask: Tensor | None = None,
+        resample_jumps: int = 0,
+        labels: Tensor | int | None = None,
         cond: Tensor | None = None,
+        guidance_scale: float | None = None,
+        progress: bool = True,
+        clip: bool = False,
         callback: StepCallback | None = None,
+        return_intermediates: bool = False,
     ) -> Tensor | SampleTrajectory:
-        """Sample images by running the reverse chain from ``x_{T-1} ~ N(0, I)``.
+        """Sample images by running the reverse chain, by default from ``x_{T-1} ~ N(0, I)``.
 
         Runs under ``torch.inference_mode`` with the network in eval mode (its previous mode is
-        restored afterwards) and shows a tqdm progress bar.
+        restored afterwards) and shows a tqdm progress bar. All timesteps are 0-based model
+        timesteps; :mod:`diffusionkit.sampling_plan` states how ``steps``, ``spacing``,
+        ``start_step`` and ``end_step`` choose the visited ones.
 
         Args:
-            shape: ``(B, C, H, W)`` of the samples.
+            shape: ``(B, C, H, W)`` of the samples; may be left out when ``x_init`` or
+                ``x_known`` gives it.
             generator: source of all randomness: one ``torch.Generator``, or a list of ``B``,
                 one per sample (then sample ``i`` depends only on ``generator[i]``). The same
                 seed gives bit-identical samples.
-            sampler: reverse step to use instead of :attr:`sampler` for this call.
-            steps: number of reverse steps (``1 <= steps <= T``); ``None`` means all ``T``.
-                Fewer steps respace the schedule (see :class:`RespacedSchedule`).
+            sampler: reverse step to use instead of :attr:`sampler` for this call: a
+                :class:`Sampler` or a registered name (``"ddpm"``, ``"posterior-mean"``,
+                ``"ddim"``; see :func:`~diffusionkit.get_sampler`).
+            steps: number of network calls (``1 <= steps <= T``, or the window's size with
+                ``start_step``/``end_step``); ``None`` means every timestep. Fewer steps
+                respace the schedule (see :class:`RespacedSchedule`).
             spacing: which timesteps ``steps`` keeps (see :class:`Spacing`).
-            progress: show a progress bar.
-            return_intermediates: also return the whole chain as a :class:`SampleTrajectory`.
-            clip: clamp the final samples to ``[-1, 1]``.
-            labels: class labels ``(B,)`` for a class-conditional network.
+            start_step: image-to-image (SDEdit, Meng et al. 2022): the model timestep
+                ``0 <= k <= T - 1`` that ``x_init`` is noised to in closed form, and where the
+                chain starts. Needs ``x_init``. Small ``k`` stays close to ``x_init``.
+            end_step: stop at ``x_e`` for ``0 <= e < start_step`` (a noisy result at model
+                timestep ``e``) instead of the clean ``e = -1`` (the default).
+            x_init: ``(B or 1, C, H, W)`` images in ``[-1, 1]`` to start from; needs
+                ``start_step``.
+            x_known: ``(B or 1, C, H, W)`` images in ``[-1, 1]`` for inpainting (RePaint,
+                Lugmayr et al. 2022): before every network call, the known region of ``x_t``
+                is replaced by ``x_known`` noised to ``t``, and the result equals ``x_known``
+                exactly there. Needs ``mask``.
+            mask: ``(B or 1, C or 1, H, W)`` of 0 and 1 (or bool): 1 = known (kept from
+                ``x_known``), 0 = generated.
+            resample_jumps: RePaint resampling: after each step but the last, jump back
+                (``x_t ~ q(x_t | x_{t-1})``) and redo the step, this many times; each repeat
+                costs one more network call per step. ``0`` is plain replacement.
+            labels: class labels ``(B,)`` (or one int) for a class-conditional network; ``-1``
+                is the null label.
             cond: conditioning images ``(B, C_cond, H, W)`` for an image-conditional network.
-            callback: ``callback(step, t, x_t, x0_pred)`` after every reverse step.
+            guidance_scale: classifier-free guidance scale ``w`` (Ho & Salimans 2022; see
+                :mod:`diffusionkit.guidance`): ``out_u + w (out_c - out_u)``, computed with
+                one batched pass of ``2B``. ``None`` or ``1``: plain conditional sampling.
+            progress: show a progress bar.
+            clip: clamp the final samples to ``[-1, 1]``.
+            callback: ``callback(step, t, x_t, x0_pred)`` after every reverse step (the
+                repeats of a resampled step count once).
+            return_intermediates: also return the whole chain as a :class:`SampleTrajectory`.
 
         Returns:
             Samples ``(B, C, H, W)`` in the data convention ``[-1, 1]`` (not clamped unless
             ``clip``), or a :class:`SampleTrajectory` with ``return_intermediates=True``.
         """
-        shape = tuple(int(s) for s in shape)
-        if len(shape) != 4 or min(shape) < 1:
-            raise ValueError(f"shape must be (B, C, H, W) with positive entries, got {shape}")
-        self._check_shape(shape)
-        sampler = self.sampler if sampler is None else sampler
-        if not isinstance(sampler, Sampler):
-            raise TypeError(f"sampler must be a Sampler, got {type(sampler).__name__}")
-        schedule, model_t = self._sampling_schedule(steps, Spacing(spacing))
-        param = next(self.net.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        shape = self._sample_shape(shape, x_init, x_known)
+        sampler = self.sampler if sampler is None else get_sampler(sampler)
+        if (x_init is None) != (start_step is None):
+            raise ValueError(
+                "image-to-image needs both x_init (the image) and start_step (the timestep to "
+                "noise it to); got only "
+                + ("x_init" if x_init is not None else f"start_step={start_step}")
+            )
+        plan = plan_sampling(self.schedule, steps, spacing, start_step, end_step)
+        if self.prediction is Prediction.EPS and plan.start_alpha_cumprod == 0.0:
+            raise ValueError(
+                "the schedule has zero terminal SNR (abar = 0 at the first sampled timestep), "
+                "where an eps-predicting network cannot give x0; train with prediction='v' (as "
+                "Lin et al. 2024 recommend) or 'x0', or start below the last timestep"
+            )
+        device, dtype = self._device_dtype()
+        labels_t = check_labels(labels, shape[0], self.net, device)
+        cond_t = check_cond(cond, shape, self.net, device, dtype)
+        denoise = guided(self._net, labels_t, cond_t, guidance_scale)
+        inpaint = None
+        if x_known is not None or mask is not None:
+            if x_known is None or mask is None:
+                raise ValueError("inpainting needs both x_known (the image) and mask (1 = known)")
+            inpaint = Inpainting.build(x_known, mask, shape, device, dtype, resample_jumps)
+        elif resample_jumps:
+            raise ValueError("resample_jumps applies to inpainting: pass x_known and mask too")
+        start = None if x_init is None else check_image("x_init", x_init, shape).to(device, dtype)
 
         was_training = self.net.training
         self.net.eval()
         try:
             with torch.inference_mode():
-                x = randn(shape, generator, device=device, dtype=dtype)
-                xs: list[Tensor] | None = [x.cpu()] if return_intermediates else None
-                x0s: list[Tensor] = []
-                t_dev = model_t.to(device)
-                order = range(schedule.timesteps - 1, -1, -1)
-                for step, i in enumerate(tqdm(order, desc="sampling", disable=not progress)):
-                    coef = schedule.step_coefficients(i)
-                    out = self._net(x, t_dev[i].expand(shape[0]), labels, cond)
-                    a, b = coef.alpha_cumprod**0.5, (1.0 - coef.alpha_cumprod) ** 0.5
-                    eps, x0 = _split(out, x, a, b, self.prediction)
-                    x = sampler.step(x, eps, x0, coef, generator)
-                    if xs is not None:
-                        xs.append(x.cpu())
-                        x0s.append(x0.cpu())
-                    if callback is not None:
-                        callback(step, int(model_t[i]), x, x0)
+                if start is None:
+                    x = randn(shape, generator, device=device, dtype=dtype)
+                else:
+                    x = noised(start, plan.start_alpha_cumprod, generator)
+                x, record = self._run_chain(
+                    x, plan, denoise, sampler, generator, inpaint, callback, progress,
+                    return_intermediates,
+                )  # fmt: skip
                 if clip:
                     x = x.clamp(-1.0, 1.0)
         finally:
             self.net.train(was_training)
-        if xs is None:
+        if record is None:
             return x
+        xs, x0s = record
         return SampleTrajectory(
-            samples=x, x_t=torch.stack(xs), x0_pred=torch.stack(x0s), timesteps=model_t.flip(0)
+            samples=x, x_t=torch.stack(xs), x0_pred=torch.stack(x0s), timesteps=plan.visited
         )
 
-    def _sampling_schedule(
-        self, steps: int | None, spacing: Spacing
-    ) -> tuple[NoiseSchedule, Tensor]:
-        """The schedule to step through and the model timestep of each of its indices."""
-        total = self.timesteps
-        if steps is None or steps == total:
-            return self.schedule, torch.arange(total)
-        kept = spacing.timesteps(total, steps)
-        return RespacedSchedule(self.schedule, kept), kept
+    def _run_chain(
+        self,
+        x: Tensor,
+        plan: SamplingPlan,
+        denoise: Callable[[Tensor, Tensor], Tensor],
+        sampler: Sampler,
+        generator: Generators,
+        inpaint: Inpainting | None,
+        callback: StepCallback | None,
+        progress: bool,
+        record: bool,
+    ) -> tuple[Tensor, tuple[list[Tensor], list[Tensor]] | None]:
+        """Step ``x`` from the plan's first timestep to its last; return it and the record.
+
+        Every scalar comes from the schedule's precomputed Python floats: no host-device sync
+        per step, and no work for a feature that is not in use.
+        """
+        schedule, batch = plan.schedule, x.shape[0]
+        model_t = plan.timesteps.tolist()
+        t_dev = plan.timesteps.to(x.device)
+        xs: list[Tensor] | None = [x.cpu()] if record else None
+        x0s: list[Tensor] = []
+        order = range(schedule.timesteps - 1, plan.stop - 1, -1)
+        for step, i in enumerate(tqdm(order, desc="sampling", disable=not progress)):
+            coef = schedule.step_coefficients(i)
+            a, b = coef.alpha_cumprod**0.5, (1.0 - coef.alpha_cumprod) ** 0.5
+            t = t_dev[i].expand(batch)
+            repeats = inpaint.resample_jumps if inpaint is not None and i > 0 else 0
+            for repeat in range(repeats + 1):
+                if repeat:  # RePaint's jump back from t-1 to t (Lugmayr et al. 2022, Alg. 1)
+                    x = Inpainting.jump_back(x, coef.alpha, coef.beta, generator)
+                if inpaint is not None:
+                    x = inpaint.replace(x, coef.alpha_cumprod, generator)
+                eps, x0 = split_prediction(denoise(x, t), x, a, b, self.prediction)
+                x = sampler.step(x, eps, x0, coef, generator)
+            if inpaint is not None and i == plan.stop:
+                x = inpaint.finish(x, plan.end_alpha_cumprod, generator)
+            if xs is not None:
+                xs.append(x.cpu())
+                x0s.append(x0.cpu())
+            if callback is not None:
+                callback(step, model_t[i], x, x0)
+        return x, (None if xs is None else (xs, x0s))
+
+    def _sample_shape(
+        self, shape: Sequence[int] | None, x_init: Tensor | None, x_known: Tensor | None
+    ) -> tuple[int, ...]:
+        if shape is None:
+            given = x_init if x_init is not None else x_known
+            if not isinstance(given, Tensor):
+                raise ValueError("pass shape=(B, C, H, W), or x_init or x_known to take it from")
+            shape = given.shape
+        out = tuple(int(s) for s in shape)
+        if len(out) != 4 or min(out) < 1:
+            raise ValueError(f"shape must be (B, C, H, W) with positive entries, got {out}")
+        self._check_shape(out)
+        return out
+
+    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        """Where and in which floating dtype the network runs (CPU float32 if it has no weights)."""
+        param = next(self.net.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        return device, dtype

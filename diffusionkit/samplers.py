@@ -18,7 +18,15 @@ from diffusionkit._random import Generators, randn
 from diffusionkit.registry import Registry
 from diffusionkit.schedules import StepCoefficients
 
-__all__ = ["SAMPLERS", "DDPMSampler", "PosteriorMeanSampler", "Sampler", "Variance"]
+__all__ = [
+    "SAMPLERS",
+    "DDIMSampler",
+    "DDPMSampler",
+    "PosteriorMeanSampler",
+    "Sampler",
+    "Variance",
+    "get_sampler",
+]
 
 
 class Sampler(ABC):
@@ -87,7 +95,9 @@ class DDPMSampler(Sampler):
     """Ancestral sampling, Ho et al. 2020, Algorithm 2.
 
     ``x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps_hat) / sqrt(alpha_t) + sigma_t z``, with
-    ``z ~ N(0, I)`` except at the last step (``t = 0``), where no noise is added.
+    ``z ~ N(0, I)`` except at the last step (``t = 0``), where no noise is added. Where
+    ``alpha_t = 0`` (the first step of a zero-terminal-SNR schedule) that form divides by zero,
+    and the step uses the equal posterior-mean form ``mu_tilde = c0_t x0_hat`` (eq. 7) instead.
 
     Args:
         variance: ``"posterior"`` (``sigma_t² = beta_tilde_t``) or ``"beta"`` (``= beta_t``).
@@ -112,10 +122,13 @@ class DDPMSampler(Sampler):
         coef: StepCoefficients,
         generator: Generators = None,
     ) -> Tensor:
-        if self.clip_x0:
-            eps = _eps_from_x0(x_t, x0.clamp(-1.0, 1.0), coef)
-        scale = coef.beta / (1.0 - coef.alpha_cumprod) ** 0.5
-        mean = (x_t - scale * eps) / coef.alpha**0.5
+        if coef.alpha == 0.0:  # beta_t = 1: x_t holds no signal, eq. 7 has no x_t term
+            mean = coef.posterior_mean_coef_x0 * (x0.clamp(-1.0, 1.0) if self.clip_x0 else x0)
+        else:
+            if self.clip_x0:
+                eps = _eps_from_x0(x_t, x0.clamp(-1.0, 1.0), coef)
+            scale = coef.beta / (1.0 - coef.alpha_cumprod) ** 0.5
+            mean = (x_t - scale * eps) / coef.alpha**0.5
         if coef.index == 0:
             return mean
         var = coef.posterior_variance if self.variance is Variance.POSTERIOR else coef.beta
@@ -162,8 +175,116 @@ class PosteriorMeanSampler(Sampler):
         return {"clip_x0": self.clip_x0, "stochastic": self.stochastic}
 
 
-#: samplers by class name and short name (``"ddpm"``, ``"posterior-mean"``), for configs and
-#: the command line; register your own ``Sampler`` subclass with ``SAMPLERS.register(cls, "name")``
+class DDIMSampler(Sampler):
+    """Denoising diffusion implicit models, Song et al. 2021, eq. 12 with eq. 16.
+
+    ``x_{t-1} = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma_t²) eps_hat + sigma_t z``
+    with ``sigma_t = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)``,
+    i.e. ``sigma_t² = eta² beta_tilde_t``. Here ``abar_prev`` is ``abar`` of the previous *kept*
+    timestep, so with ``reverse_sample(steps=S)`` the sampler jumps straight between the kept
+    timesteps of the respaced schedule (``coef.alpha_cumprod_prev``; ``1`` after the last step).
+
+    ``eta = 0`` is deterministic (the same ``x_T`` always gives the same sample, and no noise is
+    drawn); ``eta = 1`` has the DDPM posterior variance, and its step then equals
+    :class:`PosteriorMeanSampler` (without clipping) exactly.
+
+    Args:
+        eta: noise scale in ``[0, 1]``.
+        clip_x0: clip ``x0_hat`` to ``[-1, 1]`` and re-derive ``eps_hat`` from the clipped value
+            before the update (improved-diffusion's ``ddim_sample``; diffusers'
+            ``DDIMScheduler(clip_sample=True)`` with ``step(..., use_clipped_model_output=True)``).
+            Off by default, like :class:`DDPMSampler`: clipping bends the deterministic path
+            away from the probability-flow ODE and only matters when a model's ``x0_hat``
+            leaves the data range. diffusers' default (``clip_sample=True`` without
+            ``use_clipped_model_output``) clips ``x0_hat`` but keeps the raw ``eps_hat``; that
+            mixture is not offered.
+    """
+
+    name = "ddim"
+
+    def __init__(self, eta: float = 0.0, clip_x0: bool = False) -> None:
+        if isinstance(eta, bool) or not isinstance(eta, int | float) or not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
+        self.eta = float(eta)
+        self.clip_x0 = bool(clip_x0)
+
+    def step(
+        self,
+        x_t: Tensor,
+        eps: Tensor,
+        x0: Tensor,
+        coef: StepCoefficients,
+        generator: Generators = None,
+    ) -> Tensor:
+        if self.clip_x0:
+            x0 = x0.clamp(-1.0, 1.0)
+            eps = _eps_from_x0(x_t, x0, coef)
+        # sigma_t² = eta² (1 - abar_prev) / (1 - abar_t) (1 - abar_t / abar_prev)  (eq. 16)
+        var = self.eta**2 * coef.posterior_variance
+        direction = max(1.0 - coef.alpha_cumprod_prev - var, 0.0) ** 0.5
+        x = coef.alpha_cumprod_prev**0.5 * x0 + direction * eps  # eq. 12
+        if var > 0.0:
+            x = x + var**0.5 * _noise_like(x_t, generator)
+        return x
+
+    def config(self) -> dict[str, Any]:
+        return {"eta": self.eta, "clip_x0": self.clip_x0}
+
+
+#: samplers by class name and short name (``"ddpm"``, ``"posterior-mean"``, ``"ddim"``), for
+#: configs and the command line; register your own ``Sampler`` subclass with
+#: ``SAMPLERS.register(cls, "name")``
 SAMPLERS: Registry[Sampler] = Registry("sampler")
 SAMPLERS.register(DDPMSampler, DDPMSampler.name)
 SAMPLERS.register(PosteriorMeanSampler, PosteriorMeanSampler.name)
+SAMPLERS.register(DDIMSampler, DDIMSampler.name)
+
+
+def get_sampler(sampler: Sampler | str | type[Sampler], **kwargs: Any) -> Sampler:
+    """Resolve a sampler given as an object, a registered name or a class.
+
+    Objects are the primary API; names are for configs and the command line.
+
+    Args:
+        sampler: a :class:`Sampler` (returned as is); a name registered in :data:`SAMPLERS`
+            (``"ddpm"``, ``"posterior-mean"``, ``"ddim"``, a class name such as
+            ``"DDIMSampler"``, or any name you registered); or a ``Sampler`` subclass.
+        **kwargs: constructor arguments, when ``sampler`` is a name or a class.
+
+    Returns:
+        The sampler object.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones) or invalid arguments.
+        TypeError: ``sampler`` is none of the above, or keyword arguments come with an object.
+
+    Example:
+        >>> get_sampler("ddim", eta=0.5)
+        DDIMSampler(eta=0.5, clip_x0=False)
+    """
+    if isinstance(sampler, Sampler):
+        if kwargs:
+            raise TypeError(
+                "keyword arguments apply only when sampler is a name or a class; got the "
+                f"object {sampler!r} and {sorted(kwargs)}"
+            )
+        return sampler
+    if isinstance(sampler, str):
+        if sampler not in SAMPLERS:
+            valid = ", ".join(repr(n) for n in SAMPLERS.names())
+            raise ValueError(f"unknown sampler {sampler!r}; valid names: {valid}")
+        cls: type[Any] = SAMPLERS.get(sampler)
+    elif isinstance(sampler, type) and issubclass(sampler, Sampler):
+        cls = sampler
+    else:
+        raise TypeError(
+            "sampler must be a Sampler, a registered sampler name or a Sampler subclass; got "
+            f"{type(sampler).__name__}"
+        )
+    try:
+        built = cls(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"invalid arguments for sampler {cls.__name__}: {err}") from None
+    if not isinstance(built, Sampler):
+        raise TypeError(f"{cls.__name__} is registered as a sampler but is not a Sampler")
+    return built

@@ -28,7 +28,10 @@ __all__ = [
     "LinearSchedule",
     "NoiseSchedule",
     "RespacedSchedule",
+    "SigmoidSchedule",
     "StepCoefficients",
+    "ZeroTerminalSNRSchedule",
+    "rescale_zero_terminal_snr",
 ]
 
 
@@ -235,6 +238,108 @@ class CosineSchedule(NoiseSchedule):
         return {"timesteps": self.timesteps, "s": self.s, "max_beta": self.max_beta}
 
 
+class SigmoidSchedule(NoiseSchedule):
+    """Sigmoid schedule of Jabri et al. 2022 (RIN, Fig. 8) and Chen 2023 (Algorithm 1).
+
+    ``abar(u) = (sigmoid(end / tau) - sigmoid((u (end - start) + start) / tau)) /
+    (sigmoid(end / tau) - sigmoid(start / tau))`` for ``u = t / T`` in ``[0, 1]``, and
+    ``beta_t = 1 - abar((t + 1) / T) / abar(t / T)`` clipped at ``max_beta`` (``abar(1) = 0``, so
+    the last beta would be 1). The defaults are those of lucidrains'
+    ``sigmoid_beta_schedule``; a smaller ``tau`` spends more steps at middle noise levels,
+    which helps at high resolutions.
+
+    Args:
+        timesteps: number of steps ``T``.
+        start: left end of the sigmoid's input range.
+        end: right end of the sigmoid's input range (``end > start``).
+        tau: temperature dividing the sigmoid's input (``> 0``).
+        max_beta: upper clip of every beta.
+    """
+
+    def __init__(
+        self,
+        timesteps: int = 1000,
+        start: float = -3.0,
+        end: float = 3.0,
+        tau: float = 1.0,
+        max_beta: float = 0.999,
+    ) -> None:
+        if not start < end:
+            raise ValueError(f"need start < end, got start={start}, end={end}")
+        if not tau > 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        if not 0.0 < max_beta <= 1.0:
+            raise ValueError(f"max_beta must lie in (0, 1], got {max_beta}")
+        self.start = float(start)
+        self.end = float(end)
+        self.tau = float(tau)
+        self.max_beta = float(max_beta)
+        super().__init__(timesteps)
+
+    def compute_betas(self) -> Tensor:
+        u = torch.arange(self.timesteps + 1, dtype=torch.float64) / self.timesteps
+        lo, hi = (torch.tensor([self.start, self.end], dtype=torch.float64) / self.tau).sigmoid()
+        abar = (hi - ((u * (self.end - self.start) + self.start) / self.tau).sigmoid()) / (hi - lo)
+        betas = 1.0 - abar[1:] / abar[:-1]
+        return betas.clamp(max=self.max_beta)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "timesteps": self.timesteps,
+            "start": self.start,
+            "end": self.end,
+            "tau": self.tau,
+            "max_beta": self.max_beta,
+        }
+
+
+class ZeroTerminalSNRSchedule(NoiseSchedule):
+    """Another schedule rescaled to zero terminal SNR (Lin et al. 2024, Algorithm 1).
+
+    ``sqrt(abar_t)`` is shifted so that its last value is 0 and scaled so that its first value
+    is unchanged: ``sqrt(abar'_t) = (sqrt(abar_t) - sqrt(abar_{T-1})) sqrt(abar_0) /
+    (sqrt(abar_0) - sqrt(abar_{T-1}))``. So ``abar'_0 = abar_0``, ``abar'_{T-1} = 0``
+    (``beta'_{T-1} = 1``: ``x_{T-1}`` is pure noise, as sampling assumes) and ``abar'`` stays
+    strictly decreasing.
+
+    At ``t = T - 1`` the noisy image holds no signal, so an ``eps``-predicting network cannot
+    give ``x0`` there (``x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)`` divides by zero);
+    :meth:`~diffusionkit.DenoiseDiffusion.reverse_sample` refuses that combination with a
+    clear error. Use ``prediction="v"`` (what Lin et al. recommend) or ``"x0"``.
+
+    Args:
+        base: the schedule to rescale; its last ``abar`` must be smaller than its first.
+    """
+
+    def __init__(self, base: NoiseSchedule) -> None:
+        if not isinstance(base, NoiseSchedule):
+            raise TypeError(f"base must be a NoiseSchedule, got {type(base).__name__}")
+        if base.timesteps < 2:
+            raise ValueError("zero terminal SNR needs a schedule with at least 2 timesteps")
+        self.base = base
+        super().__init__(base.timesteps)
+
+    def compute_betas(self) -> Tensor:
+        root = self.base.alphas_cumprod.sqrt()
+        first, last = root[0].item(), root[-1].item()
+        root = (root - last) * (first / (first - last))  # Lin et al. 2024, Algorithm 1
+        abar = root.square()
+        abar[0], abar[-1] = self.base.alphas_cumprod[0], 0.0  # exactly, whatever the rounding
+        abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
+        return 1.0 - abar / abar_prev
+
+    def config(self) -> dict[str, Any]:
+        return {"base": self.base}
+
+
+def rescale_zero_terminal_snr(schedule: NoiseSchedule) -> ZeroTerminalSNRSchedule:
+    """Return ``schedule`` rescaled to zero terminal SNR (Lin et al. 2024, Algorithm 1).
+
+    See :class:`ZeroTerminalSNRSchedule`; pair it with ``prediction="v"``.
+    """
+    return ZeroTerminalSNRSchedule(schedule)
+
+
 class RespacedSchedule(NoiseSchedule):
     """A schedule restricted to a subsequence of another's timesteps.
 
@@ -272,3 +377,5 @@ class RespacedSchedule(NoiseSchedule):
 SCHEDULES: Registry[NoiseSchedule] = Registry("noise schedule")
 SCHEDULES.register(LinearSchedule, "linear")
 SCHEDULES.register(CosineSchedule, "cosine")
+SCHEDULES.register(SigmoidSchedule, "sigmoid")
+SCHEDULES.register(ZeroTerminalSNRSchedule, "zero-terminal-snr")

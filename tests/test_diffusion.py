@@ -205,9 +205,14 @@ def test_plain_module_networks_are_accepted():
             "steps must be",
         ),
         (
-            lambda m: m.reverse_sample((2, 1, 8, 8), sampler="ddpm", progress=False),
+            lambda m: m.reverse_sample((2, 1, 8, 8), sampler=object(), progress=False),
             TypeError,
             "Sampler",
+        ),
+        (
+            lambda m: m.reverse_sample((2, 1, 8, 8), sampler="dpm-solver", progress=False),
+            ValueError,
+            "valid names: .*'ddim'",
         ),
     ],
 )
@@ -222,7 +227,8 @@ def test_bad_input_gets_a_clear_error(call, error, match):
     [
         ({"net": "unet"}, TypeError, "nn.Module"),
         ({"schedule": "linear"}, TypeError, "NoiseSchedule"),
-        ({"sampler": "ddpm"}, TypeError, "Sampler"),
+        ({"sampler": 3}, TypeError, "Sampler"),
+        ({"sampler": "dpm-solver"}, ValueError, "unknown sampler"),
         ({"prediction": "score"}, ValueError, "prediction must be one of"),
     ],
 )

@@ -1,0 +1,45 @@
+"""What a denoising network predicts, and how to turn any prediction into ``(eps, x0)``."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from torch import Tensor
+
+__all__ = ["Prediction", "split_prediction"]
+
+
+class Prediction(str, Enum):
+    """What the network predicts from ``x_t``.
+
+    With ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``:
+
+    * ``EPS``: the noise ``eps`` (Ho et al. 2020, eq. 11-12);
+    * ``X0``: the clean image ``x0``;
+    * ``V``: the velocity ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0`` (Salimans & Ho 2022,
+      Sec. 4).
+    """
+
+    EPS = "eps"
+    X0 = "x0"
+    V = "v"
+
+
+def split_prediction(
+    out: Tensor, x_t: Tensor, a: Tensor | float, b: Tensor | float, kind: Prediction
+) -> tuple[Tensor, Tensor]:
+    """Return ``(eps, x0)`` implied by the network output ``out`` at ``x_t``.
+
+    Args:
+        out: network output ``(B, C, H, W)``, of type ``kind``.
+        x_t: the noisy input ``(B, C, H, W)``.
+        a: ``sqrt(abar_t)``, a float or a tensor broadcastable to ``x_t``.
+        b: ``sqrt(1 - abar_t)``, likewise.
+        kind: what ``out`` is.
+    """
+    if kind is Prediction.EPS:
+        return out, (x_t - b * out) / a
+    if kind is Prediction.X0:
+        return (x_t - a * out) / b, out
+    # v = a eps - b x0 and x_t = a x0 + b eps, with a² + b² = 1  (Salimans & Ho 2022, App. D)
+    return b * x_t + a * out, a * x_t - b * out
