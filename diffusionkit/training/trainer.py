@@ -1,0 +1,745 @@
+"""``Trainer``: the DDPM training loop, with EMA, exact resume and multi-process training.
+
+One optimizer step on a global batch of ``batch_size`` examples:
+
+1. the next ``batch_size`` dataset indices come from :class:`DataOrder` (a seeded permutation
+   per epoch), and the batch's timesteps ``t``, noise ``eps`` and label drops come from one
+   seeded ``torch.Generator``; every process draws the same global values and takes its slice,
+   so the result does not depend on how many processes share the batch;
+2. ``grad_accum`` micro-batches run forward (under autocast for bf16/fp16) and backward;
+   under DistributedDataParallel each process handles ``batch_size / (grad_accum * world)``
+   examples per micro-batch and gradients are averaged across processes;
+3. the loss and gradient norm are checked (NaN/inf stops training before the update), the
+   gradient is clipped, the learning rate set from the warm-up schedule, AdamW steps, and the
+   EMA of the weights is updated.
+
+Every state that influences the next step (weights, EMA, optimizer, step, data order, random
+generators, loss scale) is saved in checkpoints, so a resumed run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from diffusionkit.data import ImageDataset, load_dataset
+from diffusionkit.diffusion import DenoiseDiffusion
+from diffusionkit.training.checkpoint import (
+    CHECKPOINTS_DIRNAME,
+    flatten_optimizer_state,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    unflatten_optimizer_state,
+)
+from diffusionkit.training.data_order import DataOrder
+from diffusionkit.training.distributed import DistributedContext, init_distributed
+from diffusionkit.training.ema import EMA
+from diffusionkit.training.errors import NonFiniteLossError
+from diffusionkit.training.lr import LRDecay, WarmupSchedule
+from diffusionkit.training.metrics import MetricsLog
+from diffusionkit.training.precision import (
+    Precision,
+    autocast,
+    default_precision,
+    make_grad_scaler,
+)
+from diffusionkit.utils.images import FrameRecorder, save_gif, save_grid
+
+__all__ = ["TrainResult", "Trainer"]
+
+#: files and folders a run folder gets (beside what ``save_pretrained`` writes)
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_DIRNAME = "samples"
+FINAL_SAMPLES = "samples.png"
+FINAL_GIF = "denoise.gif"
+
+_MIX = 0x9E3779B97F4A7C15
+_MASK63 = (1 << 63) - 1
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.train` did.
+
+    Attributes:
+        steps: optimizer steps completed in total (including those before a resume).
+        loss: mean loss of the last logged interval (``nan`` if nothing was logged).
+        seconds: wall time of this call.
+        checkpoint: the last checkpoint folder written, if any.
+        export_dir: the folder ``save_pretrained`` wrote (the run folder), if any.
+        samples: the final sample grid, if written.
+        gif: the final denoising GIF, if written.
+    """
+
+    steps: int
+    loss: float
+    seconds: float
+    checkpoint: Path | None = None
+    export_dir: Path | None = None
+    samples: Path | None = None
+    gif: Path | None = None
+
+
+class _IndexPlan:
+    """The per-process index lists of the coming micro-batches, for a ``DataLoader``.
+
+    Replays :meth:`DataOrder.take` from a copy of the trainer's order, so the loader (and its
+    worker processes) produce exactly the batches the trainer's own order advances through.
+    """
+
+    def __init__(
+        self, order: DataOrder, batch_size: int, grad_accum: int, rank: int, world: int
+    ) -> None:
+        self.order = order.copy()
+        self.batch_size = batch_size
+        self.micro = batch_size // grad_accum
+        self.per_rank = self.micro // world
+        self.grad_accum = grad_accum
+        self.rank = rank
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while True:
+            indices = self.order.take(self.batch_size)
+            for a in range(self.grad_accum):
+                start = a * self.micro + self.rank * self.per_rank
+                yield indices[start : start + self.per_rank].tolist()
+
+
+def _describe(diffusion: DenoiseDiffusion) -> dict[str, Any]:
+    """A JSON description of the model's parts, stored in checkpoints for reference."""
+
+    def part(obj: object) -> dict[str, Any]:
+        config = getattr(obj, "config", None)
+        out: dict[str, Any] = {"class": type(obj).__name__, "module": type(obj).__module__}
+        if callable(config):
+            try:
+                value = config()
+                json.dumps(value)
+                out["config"] = value
+            except (TypeError, ValueError):
+                out["config"] = repr(value)
+        return out
+
+    return {
+        "net": part(diffusion.net),
+        "schedule": part(diffusion.schedule),
+        "sampler": part(diffusion.sampler),
+        "prediction": diffusion.prediction.value,
+    }
+
+
+class Trainer:
+    """Train a :class:`~diffusionkit.DenoiseDiffusion` on images.
+
+    Works unchanged under ``torchrun --nproc_per_node=N`` (see
+    :mod:`diffusionkit.training.distributed`): the global batch ``batch_size`` is split over the
+    processes, gradients are averaged by DistributedDataParallel, and only rank 0 writes files.
+
+    Args:
+        diffusion: the model to train (moved to ``device``).
+        dataset: anything :func:`diffusionkit.data.load_dataset` accepts: a
+            ``torch.utils.data.Dataset`` of ``(image, label)`` items or images, a ``(N, C, H, W)``
+            tensor or array in ``[-1, 1]``, a built-in name or a folder path.
+        batch_size: examples per optimizer step (the global batch, over all processes and
+            accumulation steps); must be divisible by ``grad_accum * world_size``.
+        lr: peak learning rate of AdamW.
+        steps: total optimizer steps of the run (a resumed run continues up to it).
+        out_dir: the run folder for checkpoints, samples, metrics and the exported model;
+            ``None`` writes nothing.
+        warmup_steps: steps of linear learning-rate warm-up.
+        lr_decay: learning rate after warm-up: ``"constant"`` or ``"cosine"`` (to 0 at ``steps``).
+        weight_decay: AdamW's decoupled weight decay.
+        adam_betas: AdamW's ``(beta1, beta2)``.
+        grad_clip: clip the global gradient norm to this (``None``: no clipping).
+        grad_accum: micro-batches per optimizer step (gradient accumulation).
+        ema_decay: target decay of the weights' EMA (see :class:`EMA`).
+        ema_warmup: warm the EMA decay up as ``min(decay, (1 + n) / (10 + n))``.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (see :class:`Precision`); ``None`` picks
+            :func:`default_precision` for the device (fp32 on CPUs).
+        device: where to train; ``None``: ``cuda:<LOCAL_RANK>`` if available, else the CPU.
+        seed: seed of the data order, of ``t``/noise, and of the network's own randomness.
+        checkpoint_every: write a checkpoint every this many steps (0: only at the end).
+        keep_checkpoints: keep only the newest this many checkpoints (``None``: all).
+        sample_every: write a sample grid every this many steps (0: only at the end).
+        sample_count: images per sample grid.
+        sample_steps: reverse steps for the grids (``None``: all ``T``).
+        sample_seed: seed of the grids (fixed, so successive grids are comparable).
+        log_every: steps between metrics records and progress-bar updates.
+        label_dropout: for class-conditional networks, the probability of replacing a label
+            with "no label" (-1), for classifier-free guidance.
+        num_workers: ``DataLoader`` worker processes for reading examples (0: in-process).
+        progress: show a tqdm progress bar (rank 0 only).
+        export: at the end, write the model with its EMA weights to ``out_dir`` with
+            ``save_pretrained``, so ``DenoiseDiffusion.from_pretrained(out_dir)`` loads it.
+
+    Example:
+        >>> import torch
+        >>> from diffusionkit import DenoiseDiffusion, LinearSchedule, UNet
+        >>> from diffusionkit.training import Trainer
+        >>> net = UNet(in_channels=1, dim=8, dim_mults=(1,), attns=(False,), groups=4)
+        >>> model = DenoiseDiffusion(net, LinearSchedule(timesteps=50))
+        >>> trainer = Trainer(model, torch.rand(16, 1, 8, 8) * 2 - 1, batch_size=8, lr=1e-3,
+        ...                   steps=2, progress=False)
+        >>> trainer.train().steps
+        2
+    """
+
+    def __init__(
+        self,
+        diffusion: DenoiseDiffusion,
+        dataset: Dataset[Any] | Tensor | np.ndarray | str | os.PathLike[str],
+        *,
+        batch_size: int,
+        lr: float,
+        steps: int,
+        out_dir: str | os.PathLike[str] | None = None,
+        warmup_steps: int = 0,
+        lr_decay: LRDecay | str = LRDecay.CONSTANT,
+        weight_decay: float = 0.0,
+        adam_betas: tuple[float, float] = (0.9, 0.999),
+        grad_clip: float | None = 1.0,
+        grad_accum: int = 1,
+        ema_decay: float = 0.999,
+        ema_warmup: bool = True,
+        precision: Precision | str | None = None,
+        device: torch.device | str | None = None,
+        seed: int = 0,
+        checkpoint_every: int = 1000,
+        keep_checkpoints: int | None = 3,
+        sample_every: int = 1000,
+        sample_count: int = 64,
+        sample_steps: int | None = None,
+        sample_seed: int = 0,
+        log_every: int = 10,
+        label_dropout: float = 0.0,
+        num_workers: int = 0,
+        progress: bool = True,
+        export: bool = True,
+    ) -> None:
+        if not isinstance(diffusion, DenoiseDiffusion):
+            raise TypeError(f"diffusion must be a DenoiseDiffusion, got {type(diffusion).__name__}")
+        for name, value, low in (
+            ("batch_size", batch_size, 1),
+            ("steps", steps, 0),
+            ("warmup_steps", warmup_steps, 0),
+            ("grad_accum", grad_accum, 1),
+            ("checkpoint_every", checkpoint_every, 0),
+            ("sample_every", sample_every, 0),
+            ("sample_count", sample_count, 1),
+            ("log_every", log_every, 1),
+            ("num_workers", num_workers, 0),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a positive number, got {lr!r}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if grad_clip is not None and not grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip}")
+        if not 0.0 <= label_dropout < 1.0:
+            raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
+        if keep_checkpoints is not None and keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1 or None, got {keep_checkpoints}")
+        if sample_steps is not None and not 1 <= sample_steps <= diffusion.timesteps:
+            raise ValueError(
+                f"sample_steps must lie in [1, {diffusion.timesteps}] (the model's T), got "
+                f"{sample_steps}"
+            )
+
+        self.batch_size = batch_size
+        self.lr = float(lr)
+        self.steps = steps
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.warmup_steps = warmup_steps
+        self.lr_decay = LRDecay(lr_decay)
+        self.weight_decay = float(weight_decay)
+        self.adam_betas = (float(adam_betas[0]), float(adam_betas[1]))
+        self.grad_clip = None if grad_clip is None else float(grad_clip)
+        self.grad_accum = grad_accum
+        self.ema_decay = float(ema_decay)
+        self.ema_warmup = bool(ema_warmup)
+        self.seed = int(seed)
+        self.checkpoint_every = checkpoint_every
+        self.keep_checkpoints = keep_checkpoints
+        self.sample_every = sample_every
+        self.sample_count = sample_count
+        self.sample_steps = sample_steps
+        self.sample_seed = int(sample_seed)
+        self.log_every = log_every
+        self.label_dropout = float(label_dropout)
+        self.num_workers = num_workers
+        self.progress = bool(progress)
+        self.export = bool(export)
+
+        self.dist: DistributedContext = init_distributed(device)
+        self.device = self.dist.device
+        world = self.dist.world_size
+        if batch_size % (grad_accum * world):
+            raise ValueError(
+                f"batch_size {batch_size} must be divisible by grad_accum ({grad_accum}) x the "
+                f"number of processes ({world}), so that every process gets an equal share"
+            )
+        self.precision = (
+            default_precision(self.device) if precision is None else Precision(precision)
+        )
+
+        self.dataset: ImageDataset = self._as_dataset(dataset, diffusion)
+        channels, (height, width) = self.dataset.channels, self.dataset.image_size
+        self.image_shape = (channels, height, width)
+        try:
+            diffusion._check_shape((1, *self.image_shape))
+        except ValueError as error:
+            raise ValueError(
+                f"the model cannot take the dataset's {channels}x{height}x{width} images: {error}"
+            ) from None
+
+        self.diffusion = diffusion.to(self.device)
+        self.conditional = getattr(diffusion.net, "num_classes", None) is not None
+        self.ema = EMA(diffusion.net, self.ema_decay, warmup=self.ema_warmup)
+        self.optimizer = torch.optim.AdamW(
+            diffusion.parameters(),
+            lr=self.lr,
+            betas=self.adam_betas,
+            weight_decay=self.weight_decay,
+        )
+        self.lr_schedule = WarmupSchedule(warmup_steps, steps, self.lr_decay)
+        self.scaler = make_grad_scaler(self.precision, self.device)
+        self.model: nn.Module = diffusion
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(diffusion, device_ids=ids)
+
+        self.step = 0
+        self.order = DataOrder(len(self.dataset), seed=self.seed)
+        # t, noise and label drops of every global batch; seeded apart from the data order
+        self.generator = torch.Generator().manual_seed((self.seed * _MIX + 1) & _MASK63)
+        # the network's own randomness (dropout) differs per process
+        torch.manual_seed((self.seed * _MIX + 2 + self.dist.rank) & _MASK63)
+        self.last_checkpoint: Path | None = None
+        self._resumed_from: Path | None = None
+        self._log = (
+            MetricsLog(self.out_dir / METRICS_FILE)
+            if self.out_dir is not None and self.dist.is_main
+            else None
+        )
+
+    # ------------------------------------------------------------------ set-up
+    @staticmethod
+    def _as_dataset(dataset: Any, diffusion: DenoiseDiffusion) -> ImageDataset:
+        if isinstance(dataset, ImageDataset):
+            return load_dataset(dataset)
+        channels = getattr(diffusion.net, "in_channels", None)
+        if isinstance(dataset, str | os.PathLike):
+            return load_dataset(dataset, channels=channels)
+        return load_dataset(dataset)
+
+    @property
+    def _writes(self) -> bool:
+        return self.out_dir is not None and self.dist.is_main
+
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments other than ``diffusion``, ``dataset`` and ``device``."""
+        return {
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "steps": self.steps,
+            "out_dir": None if self.out_dir is None else str(self.out_dir),
+            "warmup_steps": self.warmup_steps,
+            "lr_decay": self.lr_decay.value,
+            "weight_decay": self.weight_decay,
+            "adam_betas": list(self.adam_betas),
+            "grad_clip": self.grad_clip,
+            "grad_accum": self.grad_accum,
+            "ema_decay": self.ema_decay,
+            "ema_warmup": self.ema_warmup,
+            "precision": self.precision.value,
+            "seed": self.seed,
+            "checkpoint_every": self.checkpoint_every,
+            "keep_checkpoints": self.keep_checkpoints,
+            "sample_every": self.sample_every,
+            "sample_count": self.sample_count,
+            "sample_steps": self.sample_steps,
+            "sample_seed": self.sample_seed,
+            "log_every": self.log_every,
+            "label_dropout": self.label_dropout,
+            "num_workers": self.num_workers,
+            "progress": self.progress,
+            "export": self.export,
+        }
+
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        """``out_dir/checkpoints``, or ``None`` without an ``out_dir``."""
+        return None if self.out_dir is None else self.out_dir / CHECKPOINTS_DIRNAME
+
+    # -------------------------------------------------------------- checkpoints
+    def state(self) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
+        """Everything a resume needs: ``(tensors by file stem, JSON state)``."""
+        opt_tensors, opt_meta = flatten_optimizer_state(self.optimizer.state_dict())
+        rng = {"torch_cpu": torch.get_rng_state(), "trainer": self.generator.get_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                rng[f"cuda.{i}"] = s
+        tensors = {
+            "model": self.diffusion.net.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": opt_tensors,
+            "rng": rng,
+        }
+        meta = {
+            "world_size": self.dist.world_size,
+            "data_order": self.order.state_dict(),
+            "lr_schedule": {"base_lr": self.lr, **self.lr_schedule.config()},
+            "optimizer": opt_meta,
+            "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "ema": {**self.ema.config(), "num_updates": self.ema.num_updates},
+            "model": _describe(self.diffusion),
+            "trainer": self.config(),
+            "image_shape": list(self.image_shape),
+        }
+        return tensors, meta
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint of the current state to ``out_dir/checkpoints`` (rank 0 only).
+
+        Returns:
+            The checkpoint folder on rank 0; ``None`` on other ranks or without ``out_dir``.
+        """
+        if not self._writes:
+            return None
+        assert self.checkpoint_dir is not None
+        tensors, meta = self.state()
+        self.last_checkpoint = save_checkpoint(
+            self.checkpoint_dir, self.step, tensors, meta, keep=self.keep_checkpoints
+        )
+        return self.last_checkpoint
+
+    def resume(self, path: str | os.PathLike[str] | None = None) -> Trainer:
+        """Restore the state of a checkpoint, so that :meth:`train` continues from it exactly.
+
+        A run interrupted after step ``k`` and resumed from its step-``k`` checkpoint ends with
+        the same weights, bit for bit on the CPU, as a run that was never interrupted. Resuming
+        with a different number of processes continues the same data order and randomness;
+        only the floating-point summation order differs.
+
+        Args:
+            path: a checkpoint folder, or a run folder / folder of checkpoints (the newest is
+                taken); ``None`` means this trainer's ``out_dir``.
+
+        Returns:
+            ``self``.
+        """
+        if path is None:
+            if self.out_dir is None:
+                raise ValueError("resume() needs a path when the trainer has no out_dir")
+            path = self.out_dir
+        ckpt = load_checkpoint(path, map_location="cpu")
+        meta = ckpt.state
+        try:
+            self.diffusion.net.load_state_dict(ckpt.tensors["model"], strict=True)
+            self.ema.load_state_dict(ckpt.tensors["ema"], int(meta["ema"]["num_updates"]))
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[0]
+            raise ValueError(
+                f"the checkpoint {ckpt.path} does not fit this model's architecture: {first}"
+            ) from None
+        optimizer_state = unflatten_optimizer_state(
+            ckpt.tensors.get("optimizer", {}), meta["optimizer"], self.optimizer.state_dict()
+        )
+        self.optimizer.load_state_dict(optimizer_state)
+        self.order.load_state_dict(meta["data_order"])
+        scaler_state = meta.get("grad_scaler")
+        if self.scaler is not None and scaler_state:
+            self.scaler.load_state_dict(scaler_state)
+        rng = ckpt.tensors.get("rng", {})
+        if "trainer" in rng:
+            self.generator.set_state(rng["trainer"])
+        if self.dist.is_main and "torch_cpu" in rng:
+            torch.set_rng_state(rng["torch_cpu"])
+        else:  # other processes: a fresh stream per (seed, rank, step)
+            torch.manual_seed((self.seed * _MIX + 3 + self.dist.rank * 7919 + ckpt.step) & _MASK63)
+        cuda_states = [rng[f"cuda.{i}"] for i in range(len(rng)) if f"cuda.{i}" in rng]
+        if cuda_states and self.device.type == "cuda" and self.dist.world_size == 1:
+            torch.cuda.set_rng_state_all(cuda_states)
+        self.step = ckpt.step
+        self._resumed_from = ckpt.path
+        self.last_checkpoint = ckpt.path
+        if self._log is not None:
+            self._log.truncate_after(self.step)
+        return self
+
+    # ------------------------------------------------------------------ sampling
+    def ema_diffusion(self) -> DenoiseDiffusion:
+        """A :class:`DenoiseDiffusion` that shares the schedule and sampler but uses the EMA
+        weights (the weights sampling and export use by default)."""
+        return DenoiseDiffusion(
+            self.ema.module,
+            self.diffusion.schedule,
+            self.diffusion.sampler,
+            self.diffusion.prediction,
+        )
+
+    def sample(
+        self,
+        count: int | None = None,
+        *,
+        seed: int | None = None,
+        steps: int | None = None,
+        use_ema: bool = True,
+        gif: str | os.PathLike[str] | None = None,
+    ) -> Tensor:
+        """Draw samples from the model being trained.
+
+        Args:
+            count: number of images (default ``sample_count``).
+            seed: generator seed (default ``sample_seed``): the same seed gives the same noise.
+            steps: reverse steps (default ``sample_steps``, else all ``T``).
+            use_ema: sample with the EMA weights (default) or the raw trained weights.
+            gif: also write a denoising GIF of the chain to this file.
+
+        Returns:
+            ``(count, C, H, W)`` samples in ``[-1, 1]`` on the CPU.
+        """
+        count = self.sample_count if count is None else count
+        seed = self.sample_seed if seed is None else seed
+        steps = self.sample_steps if steps is None else steps
+        model = self.ema_diffusion() if use_ema else self.diffusion
+        generator = torch.Generator().manual_seed(seed)
+        chain = steps or model.timesteps
+        nrow = max(1, round(math.sqrt(count)))
+        recorder = FrameRecorder(chain, nrow=nrow) if gif is not None else None
+        samples = model.reverse_sample(
+            (count, *self.image_shape),
+            generator=generator,
+            steps=steps,
+            progress=False,
+            clip=True,
+            callback=recorder,
+        )
+        if recorder is not None and gif is not None:
+            save_gif(recorder.frames, gif, scale=self._display_scale())
+        return samples.cpu()
+
+    def _display_scale(self) -> int:
+        return max(1, 64 // max(self.image_shape[1:]))
+
+    def _write_grid(self, path: Path, gif: Path | None = None) -> Path:
+        samples = self.sample(gif=gif)
+        nrow = max(1, round(math.sqrt(samples.shape[0])))
+        return save_grid(samples, path, nrow=nrow, scale=self._display_scale())
+
+    # ------------------------------------------------------------------ training
+    def _loader(self) -> Iterator[tuple[Tensor, Tensor]]:
+        plan = _IndexPlan(
+            self.order, self.batch_size, self.grad_accum, self.dist.rank, self.dist.world_size
+        )
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=plan,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        return iter(loader)
+
+    def _train_step(self, batches: Iterator[tuple[Tensor, Tensor]]) -> tuple[float, float]:
+        """One optimizer step; returns ``(mean loss over the global batch, gradient norm)``."""
+        step = self.step
+        self.order.take(self.batch_size)  # advance in lockstep with the loader's copy
+        n = self.batch_size
+        t_all = torch.randint(0, self.diffusion.timesteps, (n,), generator=self.generator)
+        noise_all = torch.randn((n, *self.image_shape), generator=self.generator)
+        drop_all = torch.rand(n, generator=self.generator) < self.label_dropout
+        micro = n // self.grad_accum
+        per_rank = micro // self.dist.world_size
+        dev = self.device
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=dev)
+        for a in range(self.grad_accum):
+            images, labels = next(batches)
+            start = a * micro + self.dist.rank * per_rank
+            part = slice(start, start + per_rank)
+            kwargs: dict[str, Tensor] = {
+                "t": t_all[part].to(dev, non_blocking=True),
+                "noise": noise_all[part].to(dev, non_blocking=True),
+            }
+            if self.conditional:
+                labels = torch.where(drop_all[part], torch.full_like(labels, -1), labels)
+                kwargs["labels"] = labels.to(dev, non_blocking=True)
+            last = a == self.grad_accum - 1
+            sync = (
+                contextlib.nullcontext()
+                if last or not isinstance(self.model, DistributedDataParallel)
+                else self.model.no_sync()
+            )
+            with sync:
+                with autocast(self.precision, dev):
+                    loss = self.model(images.to(dev, non_blocking=True), **kwargs)
+                scaled = loss / self.grad_accum
+                if self.scaler is not None:
+                    self.scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
+            loss_sum += loss.detach().float()
+        mean_loss = float(self.dist.mean(loss_sum / self.grad_accum).item())
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = float(
+            torch.nn.utils.clip_grad_norm_(
+                self.diffusion.parameters(),
+                self.grad_clip if self.grad_clip is not None else math.inf,
+            )
+        )
+        # fp16: an overflowing gradient is the loss scaler's to handle (it skips the step)
+        bad_grad = self.scaler is None and not math.isfinite(grad_norm)
+        if not math.isfinite(mean_loss) or bad_grad:
+            self._stop_non_finite(step, mean_loss, grad_norm)
+        factor = self.lr_schedule.factor(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr * factor
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.ema.update(self.diffusion.net)
+        self.step += 1
+        return mean_loss, grad_norm
+
+    def _stop_non_finite(self, step: int, loss: float, grad_norm: float) -> None:
+        what = (
+            f"the loss is {loss}"
+            if not math.isfinite(loss)
+            else f"the gradient norm is {grad_norm}"
+        )
+        kept = self.last_checkpoint
+        where = (
+            f"the last good checkpoint is {kept} (resume from it)"
+            if kept is not None
+            else "no checkpoint had been written yet"
+        )
+        message = (
+            f"training stopped at step {step}: {what}. The bad update was not applied and no "
+            f"checkpoint was written after it; {where}. Try a lower learning rate, "
+            f"gradient clipping, or --precision fp32/bf16 instead of {self.precision.value}."
+        )
+        raise NonFiniteLossError(message, step=step, checkpoint=None if kept is None else str(kept))
+
+    def train(self) -> TrainResult:
+        """Run (or continue) training up to ``steps``, then write the final checkpoint, the
+        exported model, a sample grid and a denoising GIF (with an ``out_dir``).
+
+        Raises:
+            NonFiniteLossError: the loss or gradients became NaN/inf (message names the step
+                and the last good checkpoint).
+        """
+        started = time.perf_counter()
+        bar = tqdm(
+            total=self.steps,
+            initial=self.step,
+            desc="training",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (self.progress and self.dist.is_main),
+        )
+        if self._writes and self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        losses: list[float] = []
+        norms: list[float] = []
+        last_loss = math.nan
+        step_seconds, interval_steps = 0.0, 0  # time in training steps only, for throughput
+        self.diffusion.train()
+        batches = self._loader() if self.step < self.steps else iter(())
+        try:
+            while self.step < self.steps:
+                tic = time.perf_counter()
+                loss, norm = self._train_step(batches)
+                step_seconds += time.perf_counter() - tic
+                losses.append(loss)
+                norms.append(norm)
+                interval_steps += 1
+                bar.update(1)
+                if self.step % self.log_every == 0 or self.step == self.steps:
+                    last_loss = sum(losses) / len(losses)
+                    record = {
+                        "step": self.step,
+                        "epoch": self.order.epoch,
+                        "loss": last_loss,
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "grad_norm": sum(norms) / len(norms),
+                        "samples_per_s": interval_steps * self.batch_size / max(step_seconds, 1e-9),
+                        "ema_decay": self.ema.decay_at(max(0, self.ema.num_updates - 1)),
+                    }
+                    if self._log is not None:
+                        self._log.write(record)
+                    bar.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
+                    losses, norms = [], []
+                    step_seconds, interval_steps = 0.0, 0
+                if self.checkpoint_every and self.step % self.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if (
+                    self._writes
+                    and self.sample_every
+                    and self.step % self.sample_every == 0
+                    and self.step < self.steps
+                ):
+                    assert self.out_dir is not None
+                    self._write_grid(self.out_dir / SAMPLES_DIRNAME / f"step-{self.step:08d}.png")
+        finally:
+            bar.close()
+        return self._finish(started, last_loss)
+
+    def _finish(self, started: float, last_loss: float) -> TrainResult:
+        result = TrainResult(steps=self.step, loss=last_loss, seconds=0.0)
+        if self._writes and self.out_dir is not None:
+            assert self.checkpoint_dir is not None
+            saved = list_checkpoints(self.checkpoint_dir)
+            if not saved or saved[-1].name != f"step-{self.step:08d}":
+                self.save_checkpoint()
+            result.checkpoint = self.last_checkpoint or (saved[-1] if saved else None)
+            gif = self.out_dir / FINAL_GIF
+            result.samples = self._write_grid(self.out_dir / FINAL_SAMPLES, gif=gif)
+            result.gif = gif
+            if self.export:
+                self.export_pretrained(self.out_dir, sample_grid=result.samples)
+                result.export_dir = self.out_dir
+        self.dist.barrier()
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def export_pretrained(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        sample_grid: str | os.PathLike[str] | None = None,
+    ) -> Path:
+        """Write the model with its EMA weights via ``save_pretrained`` (rank 0's job), so
+        that ``DenoiseDiffusion.from_pretrained(directory)`` loads the EMA model.
+
+        Args:
+            directory: the folder (other files in it, such as checkpoints, are kept).
+            sample_grid: a PNG of samples shown on the model card.
+        """
+        return self.diffusion.save_pretrained(
+            directory, ema=self.ema.module, sample_grid=sample_grid
+        )
+
+    def close(self) -> None:
+        """Leave the process group if this trainer joined it."""
+        self.dist.shutdown()
