@@ -19,6 +19,7 @@ from torch import Tensor
 
 from diffusionkit import CosineSchedule, DDPMSampler, DenoiseDiffusion, LinearSchedule, UNet
 from diffusionkit.hub import CheckpointError, CheckpointNotFoundError
+from diffusionkit.schedules import ZeroTerminalSNRSchedule
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
@@ -121,6 +122,12 @@ def diffusers_trajectory(unet: UNet2DModel, scheduler: DDPMScheduler, seed: int)
         {"variance_type": "fixed_large", "clip_sample": True, "beta_schedule": "squaredcos_cap_v2"},
         {"variance_type": "fixed_small", "clip_sample": False, "prediction_type": "v_prediction"},
         {"variance_type": "fixed_small", "clip_sample": True, "prediction_type": "sample"},
+        {
+            "variance_type": "fixed_small",
+            "clip_sample": False,
+            "prediction_type": "v_prediction",
+            "rescale_betas_zero_snr": True,
+        },
     ],
     ids=lambda s: "-".join(str(v) for v in s.values()),
 )
@@ -244,7 +251,7 @@ def test_unrepresentable_unet_configs_are_refused(
         ({"variance_type": "learned_range"}, "variance_type"),
         ({"thresholding": True}, "thresholding"),
         ({"clip_sample": True, "clip_sample_range": 2.0}, "clip_sample_range"),
-        ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),
+        ({"rescale_betas_zero_snr": "yes"}, "rescale_betas_zero_snr"),
         ({"prediction_type": "flow"}, "prediction_type"),
         ({"_class_name": "DDIMScheduler"}, "DDIMScheduler"),
     ],
@@ -314,6 +321,18 @@ def test_export_loads_in_diffusers_and_samples_the_same(tmp_path: Path) -> None:
     assert torch.equal(back.net.conv_in.weight, net.conv_in.weight)
     # diffusionkit's 1000 / T scaling of the linear ends is baked into the exported betas
     torch.testing.assert_close(back.schedule.betas, model.schedule.betas, rtol=1e-12, atol=0)
+
+
+def test_zero_terminal_snr_exports_as_rescaled_betas(tmp_path: Path) -> None:
+    schedule = ZeroTerminalSNRSchedule(CosineSchedule(timesteps=30))
+    net = UNet(in_channels=1, dim=8, dim_mults=(1, 2), attns=(False, True), groups=4)
+    DenoiseDiffusion(net, schedule, prediction="v").save_diffusers(tmp_path, sample_size=8)
+    scheduler = DDPMScheduler.from_pretrained(tmp_path / "scheduler")
+    assert scheduler.config.rescale_betas_zero_snr
+    torch.testing.assert_close(
+        scheduler.alphas_cumprod.double(), schedule.alphas_cumprod, atol=1e-6, rtol=0
+    )
+    assert DenoiseDiffusion.from_diffusers(tmp_path).schedule == schedule
 
 
 def test_unet_export_loads_as_unet2dmodel(tmp_path: Path) -> None:

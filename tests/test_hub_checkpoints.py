@@ -24,12 +24,14 @@ from diffusionkit import (
     DenoiseDiffusion,
     Denoiser,
     LinearSchedule,
+    MinSNRWeighting,
     PosteriorMeanSampler,
     UNet,
 )
 from diffusionkit.hub import CheckpointError, CheckpointNotFoundError
 from diffusionkit.hub.integrity import sha256_file
 from diffusionkit.networks import NETWORKS
+from diffusionkit.schedules import ZeroTerminalSNRSchedule
 
 SHAPE = (2, 1, 8, 8)
 
@@ -86,6 +88,23 @@ def test_round_trip_samples_bit_identically(tmp_path: Path) -> None:
     assert not torch.equal(sample(loaded, seed=1), sample(model))  # the comparison can fail
 
 
+def test_nested_components_and_loss_weighting_round_trip(tmp_path: Path) -> None:
+    schedule = ZeroTerminalSNRSchedule(CosineSchedule(timesteps=10))  # holds another schedule
+    model = tiny_model(schedule=schedule, prediction="v", weighting=MinSNRWeighting(gamma=3.0))
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["schedule"]["config"]["base"]["class"] == "CosineSchedule"
+    assert config["weighting"] == {"class": "MinSNRWeighting", "config": {"gamma": 3.0}}
+    loaded = DenoiseDiffusion.from_pretrained(tmp_path)
+    assert loaded.schedule.config()["base"] == schedule.base
+    assert torch.equal(loaded.schedule.betas, schedule.betas)
+    assert loaded.weighting == model.weighting
+    x0 = torch.rand(SHAPE) * 2 - 1
+    loss = loaded.loss(x0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(loss, model.loss(x0, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(sample(loaded), sample(model))
+
+
 def test_config_json_schema_and_weights_only(tmp_path: Path) -> None:
     model = tiny_model(sampler=DDPMSampler("beta", clip_x0=True))
     model.save_pretrained(tmp_path)
@@ -100,6 +119,7 @@ def test_config_json_schema_and_weights_only(tmp_path: Path) -> None:
         "config": {"variance": "beta", "clip_x0": True},
     }
     assert config["prediction"] == "eps"
+    assert config["weighting"] is None
     weights = config["weights"]
     assert set(weights) == {"model"}
     assert weights["model"]["file"] == "model.safetensors"
@@ -343,8 +363,10 @@ def test_corrupt_config_json(saved: Path, content: bytes, match: str) -> None:
         ({"diffusionkit_format": 2}, "format 2.*Upgrade"),
         ({"diffusionkit_format": "1"}, "positive int"),
         ({"kind": "pipeline"}, "'kind' must be one of"),
-        ({"prediction": "noise"}, "'prediction' must be one of"),
-        ({"sampler": "ddpm"}, "'sampler' must be an object"),
+        ({"prediction": "noise"}, "invalid config: prediction must be one of"),
+        ({"sampler": 3}, "argument 'sampler' must be Sampler | str | None"),
+        ({"sampler": {"class": "DDPMSampler"}}, "must be an object with a 'class' name and"),
+        ({"guidance_scale": 2.0}, "takes no argument\\(s\\) guidance_scale"),
         ({"net": {"class": "NoSuchNet", "config": {}}}, "unknown network 'NoSuchNet'.*UNet"),
         ({"schedule": {"class": "Quadratic", "config": {}}}, "valid names: .*LinearSchedule"),
         ({"weights": {"model": {"file": "model.bin", "sha256": "0" * 64}}}, "pickles are never"),

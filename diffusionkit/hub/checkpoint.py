@@ -16,9 +16,11 @@ A checkpoint folder holds:
       "diffusionkit_version": "0.1.0",          # the writer, for messages
       "kind": "diffusion",                      # or "network" (a network saved alone)
       "net": {"class": "UNet", "config": {...}},
-      "schedule": {"class": "LinearSchedule", "config": {...}},    # "diffusion" only
-      "sampler": {"class": "DDPMSampler", "config": {...}},        # "diffusion" only
-      "prediction": "eps",                                          # "diffusion" only
+      # "diffusion" only: every other DenoiseDiffusion constructor argument, by name
+      "schedule": {"class": "LinearSchedule", "config": {...}},
+      "sampler": {"class": "DDPMSampler", "config": {...}},
+      "prediction": "eps",
+      "weighting": null,                        # or {"class": "MinSNRWeighting", ...}
       "weights": {
         "model": {"file": "model.safetensors", "sha256": "<64 hex>"},
         "ema": {"file": "ema.safetensors", "sha256": "<64 hex>"}   # optional
@@ -26,8 +28,12 @@ A checkpoint folder holds:
       "sample_grid": "sample_grid.png"          # optional
     }
 
-Weights files hold the *network's* tensors (names as in ``net.state_dict()``), for both kinds,
-so a network can be loaded alone from a full model's checkpoint.
+Components are ``{"class": <name in its registry>, "config": <constructor arguments>}``, nested
+where an argument is itself a component (:mod:`~diffusionkit.hub.components`). The model's
+arguments are read from the constructor's signature, so an argument added to
+``DenoiseDiffusion`` is saved without changes here, or refused if it cannot be. Weights files
+hold the *network's* tensors (names as in ``net.state_dict()``), for both kinds, so a network
+can be loaded alone from a full model's checkpoint.
 """
 
 from __future__ import annotations
@@ -46,7 +52,15 @@ from torch import Tensor, nn
 from diffusionkit._version import __version__
 from diffusionkit.hub.atomic import staged_directory
 from diffusionkit.hub.card import GENERATED_MARKER, CardFacts, render_card
-from diffusionkit.hub.components import Role, build_component, describe_component
+from diffusionkit.hub.components import (
+    FAMILIES,
+    build_component,
+    constructor_arguments,
+    decode_arguments,
+    describe_component,
+    encode,
+    family_of,
+)
 from diffusionkit.hub.errors import CheckpointError
 from diffusionkit.hub.integrity import sha256_file
 from diffusionkit.hub.weights import check_tensors, save_safetensors
@@ -109,32 +123,33 @@ def network_of(model: nn.Module) -> nn.Module:
 # ----------------------------------------------------------------------------- writing
 
 
+_NETWORKS = FAMILIES[0]
+_META_KEYS = frozenset({FORMAT_KEY, "diffusionkit_version", "kind", "weights", "sample_grid"})
+
+
 def _describe_model(model: nn.Module) -> dict[str, Any]:
     kind = model_kind(type(model))
     config: dict[str, Any] = {
         FORMAT_KEY: FORMAT_VERSION,
         "diffusionkit_version": __version__,
         "kind": kind.value,
-        "net": describe_component(network_of(model), Role.NET),
     }
-    if kind is Kind.DIFFUSION:
-        from diffusionkit.diffusion import DenoiseDiffusion
-
-        assert isinstance(model, DenoiseDiffusion)
-        if type(model).__init__ is not DenoiseDiffusion.__init__:
-            raise TypeError(
-                f"cannot save {type(model).__name__}: a DenoiseDiffusion subclass with its own "
-                "constructor would lose its arguments; save its net, or a DenoiseDiffusion"
-            )
-        outside = sorted(k for k in model.state_dict() if not k.startswith("net."))
-        if outside:
-            raise TypeError(
-                f"cannot save {type(model).__name__}: it has state outside its net "
-                f"({', '.join(outside[:5])}), which the checkpoint format does not store"
-            )
-        config["schedule"] = describe_component(model.schedule, Role.SCHEDULE)
-        config["sampler"] = describe_component(model.sampler, Role.SAMPLER)
-        config["prediction"] = model.prediction.value
+    if kind is Kind.NETWORK:
+        config["net"] = describe_component(model, "net")
+        return config
+    outside = sorted(k for k in model.state_dict() if not k.startswith("net."))
+    if outside:
+        raise TypeError(
+            f"cannot save {type(model).__name__}: it has state outside its net "
+            f"({', '.join(outside[:5])}), which the checkpoint format does not store"
+        )
+    for name, value in constructor_arguments(model).items():
+        if name in _META_KEYS:
+            raise TypeError(f"cannot save {type(model).__name__}: argument {name!r} is reserved")
+        if family_of(value) is not None:
+            config[name] = describe_component(value, name)
+        else:
+            config[name] = encode(value, name)
     return config
 
 
@@ -306,10 +321,7 @@ class CheckpointConfig:
     kind: Kind
     format_version: int
     writer_version: str
-    net: dict[str, Any]
-    schedule: dict[str, Any] | None
-    sampler: dict[str, Any] | None
-    prediction: str | None
+    arguments: dict[str, Any]  # the model's constructor arguments as JSON ("net" for a network)
     weights: dict[str, WeightsFile]  # "model" and optionally "ema"
 
     def weights_to_load(self, use_ema: bool) -> WeightsFile:
@@ -342,18 +354,13 @@ def parse_config(config: Any, label: str) -> CheckpointConfig:
         raise CheckpointError(
             f"{label}: 'kind' must be one of {valid}, got {config.get('kind')!r}"
         ) from None
-    for key in ("net",) + (("schedule", "sampler", "prediction") if kind is Kind.DIFFUSION else ()):
-        if key not in config:
-            raise CheckpointError(f"{label}: missing {key!r}")
-    prediction = config.get("prediction")
-    if kind is Kind.DIFFUSION:
-        from diffusionkit.diffusion import Prediction
-
-        valid_predictions = [p.value for p in Prediction]
-        if prediction not in valid_predictions:
-            raise CheckpointError(
-                f"{label}: 'prediction' must be one of {valid_predictions}, got {prediction!r}"
-            )
+    if "net" not in config:
+        raise CheckpointError(f"{label}: missing 'net'")
+    arguments = {k: v for k, v in config.items() if k not in _META_KEYS}
+    if kind is Kind.NETWORK and set(arguments) != {"net"}:
+        raise CheckpointError(
+            f"{label}: a network checkpoint holds only 'net', got {', '.join(sorted(arguments))}"
+        )
     weights = config.get("weights")
     if not isinstance(weights, dict) or "model" not in weights:
         raise CheckpointError(f"{label}: 'weights' must be an object with a 'model' entry")
@@ -367,10 +374,7 @@ def parse_config(config: Any, label: str) -> CheckpointConfig:
         kind=kind,
         format_version=version,
         writer_version=str(writer),
-        net=config["net"],
-        schedule=config.get("schedule"),
-        sampler=config.get("sampler"),
-        prediction=prediction,
+        arguments=arguments,
         weights=files,
     )
 
@@ -397,18 +401,22 @@ def build_model(cls: type, config: CheckpointConfig, label: str) -> nn.Module:
     ``cls`` is a ``DenoiseDiffusion`` class (needs a ``"diffusion"`` checkpoint) or a network
     class (takes the network of either kind).
     """
-    net = build_component(config.net, Role.NET, label)
-    want = model_kind(cls)
-    if want is Kind.DIFFUSION:
+    if model_kind(cls) is Kind.DIFFUSION:
         if config.kind is not Kind.DIFFUSION:
+            net_class = config.arguments["net"].get("class", "network")
             raise CheckpointError(
-                f"{label}: this checkpoint holds a network alone ({type(net).__name__}), not a "
-                f"DenoiseDiffusion: load it with {type(net).__name__}.from_pretrained and build "
+                f"{label}: this checkpoint holds a network alone ({net_class}), not a "
+                f"{cls.__name__}: load it with {net_class}.from_pretrained and build "
                 "DenoiseDiffusion(net, schedule) around it"
             )
-        schedule = build_component(config.schedule, Role.SCHEDULE, label)
-        sampler = build_component(config.sampler, Role.SAMPLER, label)
-        return cls(net, schedule, sampler, config.prediction)
+        kwargs = decode_arguments(cls, config.arguments, label)
+        try:
+            model = cls(**kwargs)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{label}: invalid config: {err}") from None
+        assert isinstance(model, nn.Module)
+        return model
+    net = build_component(config.arguments["net"], _NETWORKS, label)
     if not isinstance(net, cls):
         raise CheckpointError(
             f"{label}: the checkpoint's network is a {type(net).__name__}, not a {cls.__name__}"

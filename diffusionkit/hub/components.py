@@ -1,22 +1,30 @@
-"""Components (network, schedule, sampler) to and from ``{"class": name, "config": {...}}``.
+"""Objects to and from JSON: components as ``{"class": name, "config": {...}}``, by registry.
 
-Names go through the registries (``NETWORKS``, ``SCHEDULES``, ``SAMPLERS``), so a user's own
-class saves and loads once registered, and an unknown name fails listing the valid ones. Saving
-proves that the config is complete: it rebuilds the component from the JSON it is about to
-write and requires the same ``config()`` (and, for networks, the same tensor shapes), so a
-``config()`` that forgets a constructor argument is caught when saving, not months later.
+A *component* is an instance of one of the pluggable families (network, noise schedule,
+sampler, loss weighting). Its class is named through the family's registry (``NETWORKS``,
+``SCHEDULES``, ``SAMPLERS``, ``WEIGHTINGS``), so a user's own class saves and loads once
+registered, and an unknown name fails listing the valid ones. Its constructor arguments come
+from its ``config()``; an argument that is itself a component (the ``base`` of a
+``ZeroTerminalSNRSchedule``) nests, and is rebuilt on loading because the constructor's type
+annotation says which family it belongs to.
+
+Saving proves that a config is complete: the component is rebuilt from the JSON about to be
+written and must give the same config (and, for networks, the same tensor shapes), so a
+``config()`` that forgets an argument fails when saving, not when someone loads the file.
 """
 
 from __future__ import annotations
 
 import enum
+import importlib
 import inspect
 import json
 import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,107 +32,153 @@ from torch import nn
 from diffusionkit.hub.errors import CheckpointError
 from diffusionkit.registry import Registry
 
-__all__ = ["Role", "build_component", "describe_component", "json_value"]
+__all__ = [
+    "Family",
+    "build_component",
+    "constructor_arguments",
+    "decode_arguments",
+    "describe_component",
+    "encode",
+    "family_of",
+]
 
-T = TypeVar("T")
 
+@dataclass(frozen=True)
+class Family:
+    """A kind of pluggable part: its base class and the registry naming its classes."""
 
-class Role(enum.Enum):
-    """Which part of a model a component plays, with the registry that names its classes."""
+    what: str  # for messages, e.g. "network"
+    base_path: str  # "module:Class"
+    registry_path: str  # "module:NAME"
 
-    NET = "net"
-    SCHEDULE = "schedule"
-    SAMPLER = "sampler"
+    @property
+    def base(self) -> type:
+        module, name = self.base_path.split(":")
+        return typing.cast(type, getattr(importlib.import_module(module), name))
 
     @property
     def registry(self) -> Registry[Any]:
-        if self is Role.NET:
-            from diffusionkit.networks import NETWORKS
-
-            return NETWORKS
-        if self is Role.SCHEDULE:
-            from diffusionkit.schedules import SCHEDULES
-
-            return SCHEDULES
-        from diffusionkit.samplers import SAMPLERS
-
-        return SAMPLERS
+        module, name = self.registry_path.split(":")
+        return typing.cast(Registry[Any], getattr(importlib.import_module(module), name))
 
     @property
-    def registry_path(self) -> str:
-        return {
-            Role.NET: "diffusionkit.networks.NETWORKS",
-            Role.SCHEDULE: "diffusionkit.schedules.SCHEDULES",
-            Role.SAMPLER: "diffusionkit.samplers.SAMPLERS",
-        }[self]
+    def registry_name(self) -> str:
+        return self.registry_path.replace(":", ".")
 
 
-def json_value(value: Any, where: str) -> Any:
-    """``value`` as plain JSON data (tuples become lists); ``TypeError`` naming ``where`` otherwise."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value.value if isinstance(value, enum.Enum) else value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise TypeError(f"{where} is {value}, which JSON cannot hold")
-        return value
-    if isinstance(value, (list, tuple)):
-        return [json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
-        return {k: json_value(v, f"{where}.{k}") for k, v in value.items()}
-    raise TypeError(f"{where} is a {type(value).__name__}, which is not JSON data")
+# imported lazily: the model classes import this package
+FAMILIES = (
+    Family("network", "torch.nn:Module", "diffusionkit.networks:NETWORKS"),
+    Family(
+        "noise schedule", "diffusionkit.schedules:NoiseSchedule", "diffusionkit.schedules:SCHEDULES"
+    ),
+    Family("sampler", "diffusionkit.samplers:Sampler", "diffusionkit.samplers:SAMPLERS"),
+    Family(
+        "loss weighting",
+        "diffusionkit.weighting:LossWeighting",
+        "diffusionkit.weighting:WEIGHTINGS",
+    ),
+)
 
 
-def _registered_name(obj: object, role: Role) -> str:
+def family_of(obj: object) -> Family | None:
+    """The family ``obj`` is an instance of, or ``None`` for plain data."""
+    return next((f for f in FAMILIES if isinstance(obj, f.base)), None)
+
+
+def _family_of_annotation(annotation: Any) -> Family | None:
+    """The family a constructor annotation asks for (``NoiseSchedule | None`` -> schedules)."""
+    candidates = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+    for candidate in candidates:
+        if isinstance(candidate, type):
+            for family in FAMILIES:
+                if issubclass(candidate, family.base):
+                    return family
+    return None
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def _registered_name(obj: object, family: Family) -> str:
     cls = type(obj)
     name = cls.__name__
-    registry = role.registry
+    registry = family.registry
+    short = family.registry_path.split(":")[1]
     if name not in registry or registry.get(name) is not cls:
         raise TypeError(
-            f"cannot save the {role.value} {name}: it is not registered in {role.registry_path}. "
-            f"Register it with {role.registry_path.rsplit('.', 1)[1]}.register({name}); it also "
-            "needs a config() method that returns its constructor arguments."
+            f"cannot save the {family.what} {name}: it is not registered in "
+            f"{family.registry_name}. Register it with {short}.register({name}); it also needs "
+            "a config() method that returns its constructor arguments."
         )
     if not callable(getattr(obj, "config", None)):
         raise TypeError(
-            f"cannot save the {role.value} {name}: it has no config() method returning its "
+            f"cannot save the {family.what} {name}: it has no config() method returning its "
             "constructor arguments"
         )
     return name
 
 
-def _rebuild(cls: type[T], config: dict[str, Any], role: Role) -> T:
-    if role is Role.NET:
-        try:  # no memory, no init cost: only the structure is compared
-            with torch.device("meta"):
-                return cls(**config)
-        except (NotImplementedError, RuntimeError):
-            pass  # a network whose constructor computes with tensors: build it for real
-    return cls(**config)
+def encode(value: Any, where: str) -> Any:
+    """``value`` as JSON data: components as ``{"class", "config"}``, enums as their value.
+
+    Raises:
+        TypeError: naming ``where``, for a value JSON cannot hold or an unregistered component.
+    """
+    family = family_of(value)
+    if family is not None:
+        name = _registered_name(value, family)
+        raw = value.config()
+        if not isinstance(raw, Mapping):
+            raise TypeError(f"{name}.config() must return a dict, got {type(raw).__name__}")
+        return {"class": name, "config": {k: encode(v, f"{where}.{k}") for k, v in raw.items()}}
+    if isinstance(value, enum.Enum):
+        return encode(value.value, where)
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TypeError(f"{where} is {value}, which JSON cannot hold")
+        return value
+    if isinstance(value, (list, tuple)):
+        return [encode(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        return {k: encode(v, f"{where}.{k}") for k, v in value.items()}
+    raise TypeError(
+        f"cannot save {where}: a {type(value).__name__} is neither JSON data nor a registered "
+        "component (network, noise schedule, sampler, loss weighting)"
+    )
 
 
-def describe_component(obj: object, role: Role) -> dict[str, Any]:
+def describe_component(obj: object, where: str) -> dict[str, Any]:
     """``{"class": name, "config": {...}}`` for a registered component, verified to rebuild it.
 
     Raises:
-        TypeError: the class is not registered, has no ``config()``, or its config is not JSON.
-        ValueError: rebuilding from the config gives a different component.
+        TypeError: the class (or a nested one) is not registered, has no ``config()``, or its
+            config is not JSON.
+        ValueError: rebuilding from the config fails or gives a different component.
     """
-    name = _registered_name(obj, role)
-    cls = type(obj)
-    raw = obj.config()  # type: ignore[attr-defined]
-    if not isinstance(raw, Mapping):
-        raise TypeError(f"{name}.config() must return a dict, got {type(raw).__name__}")
-    config = json_value(raw, f"{name}.config()")
-    config = json.loads(json.dumps(config))  # exactly what a reader will see
+    family = family_of(obj)
+    if family is None:
+        raise TypeError(f"{where} is a {type(obj).__name__}, not a component")
+    entry = json.loads(json.dumps(encode(obj, where)))  # exactly what a reader will see
+    name = entry["class"]
     try:
-        rebuilt = _rebuild(cls, dict(config), role)
-    except Exception as err:
+        rebuilt = build_component(entry, family, f"{name}.config()", meta=True)
+    except CheckpointError as err:
         raise ValueError(
             f"{name}(**{name}.config()) fails, so it could not be loaded: {err}"
-        ) from err
-    again = json_value(rebuilt.config(), f"{name}.config()")  # type: ignore[attr-defined]
-    if again != config:
-        changed = sorted(k for k in set(config) | set(again) if config.get(k) != again.get(k))
+        ) from None
+    again = json.loads(json.dumps(encode(rebuilt, where)))
+    if again != entry:
+        config, rebuilt_config = entry["config"], again["config"]
+        changed = sorted(
+            k for k in set(config) | set(rebuilt_config) if config.get(k) != rebuilt_config.get(k)
+        )
         raise ValueError(
             f"{name}.config() does not describe the object: rebuilding from it changes "
             f"{', '.join(changed)}"
@@ -138,7 +192,29 @@ def describe_component(obj: object, role: Role) -> dict[str, Any]:
                 "one, so its weights could not be loaded: config() misses a constructor "
                 "argument, or the network was changed after construction"
             )
-    return {"class": name, "config": config}
+    return typing.cast(dict[str, Any], entry)
+
+
+def constructor_arguments(obj: object) -> dict[str, Any]:
+    """``obj``'s constructor arguments, read from its same-named attributes.
+
+    For objects without a ``config()`` (a ``DenoiseDiffusion``): every argument of the
+    constructor must be stored under its own name, which is the house rule.
+
+    Raises:
+        TypeError: an argument has no attribute of its name (it would be lost).
+    """
+    args = {}
+    for name, param in inspect.signature(type(obj)).parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise TypeError(f"cannot save {type(obj).__name__}: its constructor takes *{name}")
+        if not hasattr(obj, name):
+            raise TypeError(
+                f"cannot save {type(obj).__name__}: its constructor argument {name!r} is not "
+                "kept as an attribute of that name, so it would be lost"
+            )
+        args[name] = getattr(obj, name)
+    return args
 
 
 # ----------------------------------------------------------------------------- loading
@@ -150,9 +226,9 @@ def _matches(value: Any, annotation: Any) -> bool:
         return True
     if annotation is None or annotation is type(None):
         return value is None
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
+    if _is_union(annotation):
         return any(_matches(value, arg) for arg in typing.get_args(annotation))
+    origin = typing.get_origin(annotation)
     if annotation is bool:
         return isinstance(value, bool)
     if annotation is int:
@@ -163,21 +239,36 @@ def _matches(value: Any, annotation: Any) -> bool:
         return isinstance(value, str)
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return isinstance(value, str)
-    if origin is not None and isinstance(origin, type) and issubclass(origin, Sequence):
+    if _family_of_annotation(annotation) is not None:
+        return isinstance(value, dict)
+    if isinstance(origin, type) and issubclass(origin, Sequence):
         if not isinstance(value, list):
             return False
         args = typing.get_args(annotation)
         return not args or all(_matches(v, args[0]) for v in value)
-    if origin is not None and isinstance(origin, type) and issubclass(origin, Mapping):
+    if isinstance(origin, type) and issubclass(origin, Mapping):
         return isinstance(value, dict)
     return True
 
 
-def _check_arguments(cls: type, config: Mapping[str, Any], label: str) -> None:
-    """Reject unknown and missing arguments, and values of the wrong JSON type, before building."""
-    try:  # evaluate string annotations (``from __future__ import annotations``) for type checks
-        signature = inspect.signature(cls, eval_str=True)
-        typed = True
+def _describe(annotation: Any) -> str:
+    plain = typing.get_origin(annotation) is None and hasattr(annotation, "__name__")
+    text = annotation.__name__ if plain else str(annotation)
+    return text.replace("typing.", "").replace("collections.abc.", "")
+
+
+def decode_arguments(cls: type, config: Mapping[str, Any], label: str) -> dict[str, Any]:
+    """Check ``config`` against ``cls``'s constructor and rebuild nested components.
+
+    Unknown and missing arguments and values of the wrong JSON type are refused before anything
+    is built; an argument annotated with a component family (``schedule: NoiseSchedule``) is
+    built from its ``{"class", "config"}`` entry.
+
+    Raises:
+        CheckpointError: naming ``label``, the class and the argument.
+    """
+    try:  # evaluate string annotations (``from __future__ import annotations``)
+        signature, typed = inspect.signature(cls, eval_str=True), True
     except Exception:  # annotations that do not evaluate: leave the types to the constructor
         signature, typed = inspect.signature(cls), False
     params = {
@@ -188,31 +279,37 @@ def _check_arguments(cls: type, config: Mapping[str, Any], label: str) -> None:
     unknown = sorted(set(config) - set(params))
     if unknown:
         raise CheckpointError(
-            f"{label}: {cls.__name__} takes no argument(s) {', '.join(unknown)}; it takes "
-            f"{', '.join(params)}"
+            f"{label}: {cls.__name__} takes no argument(s) {', '.join(unknown)} (this "
+            f"diffusionkit's {cls.__name__} takes {', '.join(params)}; a newer diffusionkit "
+            "may have written them)"
         )
     missing = sorted(n for n, p in params.items() if p.default is p.empty and n not in config)
     if missing:
         raise CheckpointError(f"{label}: {cls.__name__} needs argument(s) {', '.join(missing)}")
+    kwargs = dict(config)
     if not typed:
-        return
+        return kwargs
     for name, value in config.items():
         hint = params[name].annotation
         if not _matches(value, hint):
             raise CheckpointError(
                 f"{label}: {cls.__name__} argument {name!r} must be {_describe(hint)}, got "
-                f"{json.dumps(value)}"
+                f"{json.dumps(value)[:200]}"
             )
+        family = _family_of_annotation(hint)
+        if family is not None and isinstance(value, dict):
+            kwargs[name] = build_component(value, family, f"{label}: {cls.__name__}.{name}")
+    return kwargs
 
 
-def _describe(annotation: Any) -> str:
-    plain = typing.get_origin(annotation) is None and hasattr(annotation, "__name__")
-    text = annotation.__name__ if plain else str(annotation)
-    return text.replace("typing.", "").replace("collections.abc.", "")
-
-
-def build_component(entry: Any, role: Role, label: str) -> Any:
+def build_component(entry: Any, family: Family, label: str, *, meta: bool = False) -> Any:
     """Build a component from ``{"class": name, "config": {...}}`` read from ``label``.
+
+    Args:
+        entry: the parsed JSON entry.
+        family: which registry names its class.
+        label: the file (and place in it), for error messages.
+        meta: build networks on the meta device (no memory, no initialization): for checks.
 
     Raises:
         CheckpointError: the entry is malformed, the class unknown, or the config invalid.
@@ -223,20 +320,26 @@ def build_component(entry: Any, role: Role, label: str) -> Any:
         or not isinstance(entry.get("config"), dict)
     ):
         raise CheckpointError(
-            f"{label}: {role.value!r} must be an object with a 'class' name and a 'config' "
+            f"{label}: a {family.what} must be an object with a 'class' name and a 'config' "
             f"object, got {json.dumps(entry)[:200]}"
         )
     name, config = entry["class"], entry["config"]
     try:
-        cls = role.registry.get(name)
+        cls = family.registry.get(name)
     except KeyError as err:
         raise CheckpointError(
             f"{label}: {err.args[0]}. If {name} is your own class, register it in "
-            f"{role.registry_path} (import the module that does) before loading."
+            f"{family.registry_name} (import the module that does) before loading."
         ) from None
-    where = f"{label}: {role.value} {name}"
-    _check_arguments(cls, config, where)
+    where = f"{label}: {family.what} {name}"
+    kwargs = decode_arguments(cls, config, where)
     try:
-        return cls(**config)
+        if meta and issubclass(cls, nn.Module):
+            try:
+                with torch.device("meta"):
+                    return cls(**kwargs)
+            except (NotImplementedError, RuntimeError):
+                pass  # a constructor that computes with tensors: build it for real
+        return cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{where}: invalid config: {err}") from None

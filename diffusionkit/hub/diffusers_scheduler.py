@@ -5,7 +5,9 @@ A ``DDPMScheduler`` config says three things diffusionkit keeps in separate obje
 * the betas (``beta_schedule``, ``beta_start``, ``beta_end``, ``num_train_timesteps``): "linear"
   is :class:`~diffusionkit.LinearSchedule` with ``scale_with_timesteps=False`` (diffusers uses the
   ends as given at any ``T``), "squaredcos_cap_v2" is :class:`~diffusionkit.CosineSchedule`
-  (``s = 0.008``, ``max_beta = 0.999``);
+  (``s = 0.008``, ``max_beta = 0.999``), and ``rescale_betas_zero_snr`` wraps either in a
+  :class:`~diffusionkit.schedules.ZeroTerminalSNRSchedule` (both implement Lin et al. 2024,
+  Algorithm 1);
 * the reverse step (``variance_type``, ``clip_sample``): :class:`~diffusionkit.DDPMSampler` with
   ``variance="posterior"`` (``fixed_small``, ``beta_tilde``) or ``"beta"`` (``fixed_large``) and
   ``clip_x0=clip_sample``. diffusers forms the posterior mean from the (clipped) ``x0``
@@ -13,8 +15,8 @@ A ``DDPMScheduler`` config says three things diffusionkit keeps in separate obje
   the same mean, algebraically;
 * what the network predicts (``prediction_type``): epsilon, sample (x0) or v_prediction.
 
-Everything else (other beta schedules, explicit betas, learned variances, thresholding, a clip
-range other than 1, zero-terminal-SNR rescaling) raises
+Everything else (other beta schedules, including diffusers' "sigmoid", which is not
+diffusionkit's; explicit betas; learned variances; thresholding; a clip range other than 1) raises
 :class:`~diffusionkit.hub.errors.CheckpointError`: no silent approximation.
 """
 
@@ -27,7 +29,12 @@ from typing import Any
 from diffusionkit.diffusion import Prediction
 from diffusionkit.hub.errors import CheckpointError
 from diffusionkit.samplers import DDPMSampler, PosteriorMeanSampler, Sampler, Variance
-from diffusionkit.schedules import CosineSchedule, LinearSchedule, NoiseSchedule
+from diffusionkit.schedules import (
+    CosineSchedule,
+    LinearSchedule,
+    NoiseSchedule,
+    ZeroTerminalSNRSchedule,
+)
 
 __all__ = ["SCHEDULER_DEFAULTS", "components_from_scheduler", "diffusers_scheduler_config"]
 
@@ -112,10 +119,8 @@ def components_from_scheduler(
         raise CheckpointError(f"{label}: num_train_timesteps must be a positive int, got {steps!r}")
     if cfg["trained_betas"] is not None:
         raise unsupported("trained_betas", "explicit beta lists have no diffusionkit schedule")
-    if cfg["rescale_betas_zero_snr"] is not False:
-        raise unsupported(
-            "rescale_betas_zero_snr", "zero-terminal-SNR rescaling is not implemented"
-        )
+    if not isinstance(cfg["rescale_betas_zero_snr"], bool):
+        raise unsupported("rescale_betas_zero_snr", "expected true or false")
     schedule: NoiseSchedule
     if cfg["beta_schedule"] == "linear":
         start = _number(cfg["beta_start"], "beta_start", label)
@@ -128,6 +133,8 @@ def components_from_scheduler(
         schedule = CosineSchedule(steps, s=_COSINE_S, max_beta=_COSINE_MAX_BETA)
     else:
         raise unsupported("beta_schedule", "supported: 'linear', 'squaredcos_cap_v2'")
+    if cfg["rescale_betas_zero_snr"]:
+        schedule = ZeroTerminalSNRSchedule(schedule)
 
     if cfg["variance_type"] not in _VARIANCES:
         raise unsupported(
@@ -156,6 +163,10 @@ def diffusers_scheduler_config(
         ValueError: a component has no ``DDPMScheduler`` counterpart.
     """
     steps = schedule.timesteps
+    rescaled = type(schedule) is ZeroTerminalSNRSchedule
+    if rescaled:
+        assert isinstance(schedule, ZeroTerminalSNRSchedule)
+        schedule = schedule.base
     if type(schedule) is LinearSchedule:
         # diffusers uses the ends as given: bake diffusionkit's 1000 / T scaling into them
         scale = 1000.0 / steps if schedule.scale_with_timesteps else 1.0
@@ -173,7 +184,8 @@ def diffusers_scheduler_config(
     else:
         raise ValueError(
             f"cannot export {schedule!r} to diffusers: DDPMScheduler has linear betas and the "
-            f"cosine schedule with s={_COSINE_S}, max_beta={_COSINE_MAX_BETA}"
+            f"cosine schedule with s={_COSINE_S}, max_beta={_COSINE_MAX_BETA}, either one "
+            "optionally rescaled to zero terminal SNR"
         )
     if type(sampler) is DDPMSampler:
         variance = "fixed_small" if sampler.variance is Variance.POSTERIOR else "fixed_large"
@@ -201,5 +213,5 @@ def diffusers_scheduler_config(
         "sample_max_value": 1.0,
         "timestep_spacing": "leading",
         "steps_offset": 0,
-        "rescale_betas_zero_snr": False,
+        "rescale_betas_zero_snr": rescaled,
     }
