@@ -267,6 +267,56 @@ def test_unrepresentable_scheduler_configs_are_refused(
     assert "scheduler_config.json" in str(info.value)
 
 
+def test_the_published_checkpoints_config_files_load(
+    tmp_path: Path, small_unet: UNet2DModel
+) -> None:
+    """google/ddpm-cifar10-32's unet/config.json (diffusers 0.0.4) and scheduler_config.json
+    (0.1.1) hold only these fields: the others take diffusers' defaults, as in diffusers."""
+    save_pipeline(tmp_path, small_unet)
+    unet_config = {
+        "_class_name": "UNet2DModel",
+        "_diffusers_version": "0.0.4",
+        "act_fn": "silu",
+        "attention_head_dim": None,
+        "block_out_channels": [16, 32],
+        "center_input_sample": False,
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+        "downsample_padding": 0,
+        "flip_sin_to_cos": False,
+        "freq_shift": 1,
+        "in_channels": 3,
+        "layers_per_block": 1,
+        "mid_block_scale_factor": 1,
+        "norm_eps": 1e-06,
+        "norm_num_groups": 8,
+        "out_channels": 3,
+        "sample_size": 8,
+        "time_embedding_type": "positional",
+        "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+    }
+    scheduler_config = {
+        "_class_name": "DDPMScheduler",
+        "_diffusers_version": "0.1.1",
+        "beta_end": 0.02,
+        "beta_schedule": "linear",
+        "beta_start": 0.0001,
+        "clip_sample": True,
+        "num_train_timesteps": 1000,
+        "trained_betas": None,
+        "variance_type": "fixed_large",
+    }
+    (tmp_path / "unet" / "config.json").write_text(json.dumps(unet_config))
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config))
+    model = DenoiseDiffusion.from_pretrained(tmp_path)
+    assert model.sampler == DDPMSampler("beta", clip_x0=True)
+    reference = UNet2DModel.from_pretrained(tmp_path / "unet").eval()
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([10, 990])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.predict_eps(x, t), reference(x, t).sample, atol=1e-5, rtol=0
+        )
+
+
 def test_an_old_config_without_optional_fields_takes_diffusers_defaults(
     tmp_path: Path, small_unet: UNet2DModel
 ) -> None:
