@@ -6,6 +6,16 @@ names), in a fresh temporary working directory. A block whose first line is
 where CUDA is available; the test report lists each skipped block with its page, line and
 reason. Tracebacks point at the page and line of the Markdown file.
 
+A block that is too slow to run as written (a real training run) may be preceded by HTML
+comments, invisible on the site, that shrink it for the test, e.g.::
+
+    <!-- docs-test: replace "steps=3000" with "steps=3" -->
+    ```python
+    trainer = Trainer(model, "digits", batch_size=128, lr=2e-3, steps=3000)
+    ```
+
+Each replaced text must occur in the block, so a directive cannot silently go stale.
+
 ``mkdocs build --strict`` itself runs in ``.ci/run``, not here.
 """
 
@@ -28,6 +38,12 @@ FENCE = re.compile(
     r"^(?P<indent>[ \t]*)```python(?:[ \t]+[^\n]*)?\n(?P<body>.*?)^(?P=indent)```[ \t]*$",
     flags=re.DOTALL | re.MULTILINE,
 )
+# <!-- docs-test: replace "OLD" with "NEW" --> lines right above a fence
+DIRECTIVES = re.compile(
+    r'(?:^[ \t]*<!--\s*docs-test:\s*replace\s+"[^"\n]*"\s+with\s+"[^"\n]*"\s*-->[ \t]*\n)+\Z',
+    flags=re.MULTILINE,
+)
+REPLACE = re.compile(r'replace\s+"(?P<old>[^"\n]*)"\s+with\s+"(?P<new>[^"\n]*)"')
 REQUIRES = re.compile(r"#\s*requires:\s*(?P<what>[\w-]+)")
 KNOWN_REQUIREMENTS = {"network", "gpu"}
 MAX_ASSET_BYTES = 1_000_000
@@ -37,7 +53,20 @@ MAX_ASSET_BYTES = 1_000_000
 class Block:
     page: Path
     line: int  # 1-based line of the block's first code line in the page
-    code: str
+    code: str  # as shown on the page
+    replacements: tuple[tuple[str, str], ...] = ()  # (old, new) from docs-test directives
+
+    @property
+    def test_code(self) -> str:
+        """The code the test runs: ``code`` with the docs-test replacements applied."""
+        code = self.code
+        for old, new in self.replacements:
+            if old not in code:
+                raise ValueError(
+                    f"{self.name}: docs-test replaces {old!r}, which is not in the block"
+                )
+            code = code.replace(old, new)
+        return code
 
     @property
     def requirement(self) -> str | None:
@@ -59,7 +88,11 @@ def python_blocks(page: Path) -> list[Block]:
         lines = match["body"].split("\n")
         code = "\n".join(line[len(indent) :] if line.startswith(indent) else line for line in lines)
         first_line = text.count("\n", 0, match.start("body")) + 1
-        blocks.append(Block(page, first_line, code))
+        directives = DIRECTIVES.search(text, 0, match.start())
+        replacements = tuple(
+            (r["old"], r["new"]) for r in REPLACE.finditer(directives[0] if directives else "")
+        )
+        blocks.append(Block(page, first_line, code, replacements))
     return blocks
 
 
@@ -87,7 +120,7 @@ def run_page(page: Path) -> list[str]:
             skipped.append(reason)
             continue
         # pad with newlines so that tracebacks show the line numbers of the Markdown page
-        source = "\n" * (block.line - 1) + block.code
+        source = "\n" * (block.line - 1) + block.test_code
         exec(compile(source, str(page), "exec"), namespace)
     return skipped
 
@@ -153,3 +186,28 @@ def test_block_extraction_handles_indentation_and_markers(tmp_path):
     assert [b.line for b in blocks] == [3, 10, 13]
     assert [b.requirement for b in blocks] == [None, None, "network"]
     assert run_page(page) == [f"{blocks[2].name} requires network"]
+
+
+def test_docs_test_directives_shrink_a_block_and_must_match(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "intro\n\n"
+        '<!-- docs-test: replace "steps=3000" with "steps=3" -->\n'
+        '<!-- docs-test: replace "big" with "small" -->\n'
+        "```python\nsize, steps = 'big', dict(steps=3000)['steps']\n```\n\n"
+        "```python\nuntouched = 'steps=3000'\n```\n"
+        '<!-- docs-test: replace "absent" with "x" -->\n\n'
+        "```python\nalso_untouched = 1\n```\n",
+        encoding="utf-8",
+    )
+    first, second, third = python_blocks(page)
+    assert first.replacements == (("steps=3000", "steps=3"), ("big", "small"))
+    assert "steps=3000" in first.code  # the page shows the real numbers
+    namespace: dict = {}
+    exec(first.test_code, namespace)
+    assert (namespace["size"], namespace["steps"]) == ("small", 3)
+    # a directive applies only to the fence right below it (no blank line between)
+    assert second.replacements == () and third.replacements == ()
+    stale = Block(page, 1, "x = 1\n", (("steps=3000", "steps=3"),))
+    with pytest.raises(ValueError, match="not in the block"):
+        stale.test_code
