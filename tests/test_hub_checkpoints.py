@@ -264,8 +264,20 @@ class ForgetfulNet(TinyConvNet):
         return {"channels": self.channels}
 
 
+class BufferNet(TinyConvNet):
+    """Registered, with a tensor that no state dict holds (a non-persistent buffer)."""
+
+    def __init__(self, channels: int = 1, width: int = 4) -> None:
+        super().__init__(channels, width)
+        self.register_buffer("gain", torch.full((1,), 3.0), persistent=False)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.gain * self.body(x)
+
+
 NETWORKS.register(TinyConvNet)
 NETWORKS.register(ForgetfulNet)
+NETWORKS.register(BufferNet)
 
 
 def test_a_plain_module_cannot_be_saved(tmp_path: Path) -> None:
@@ -280,6 +292,19 @@ def test_a_registered_user_network_round_trips(tmp_path: Path) -> None:
     loaded = DenoiseDiffusion.from_pretrained(tmp_path)
     assert isinstance(loaded.net, TinyConvNet) and loaded.net.width == 3
     assert torch.equal(sample(loaded), sample(model))
+
+
+def test_loaded_weights_are_trainable_and_unsaved_buffers_initialized(tmp_path: Path) -> None:
+    tiny_model().save_pretrained(tmp_path / "unet")
+    loaded = DenoiseDiffusion.from_pretrained(tmp_path / "unet")
+    assert all(p.requires_grad and p.device.type == "cpu" for p in loaded.parameters())
+    loaded.loss(torch.rand(SHAPE) * 2 - 1).backward()
+    assert loaded.net.conv_in.weight.grad is not None
+
+    model = DenoiseDiffusion(BufferNet(), CosineSchedule(timesteps=5))
+    model.save_pretrained(tmp_path / "buffer")
+    net = DenoiseDiffusion.from_pretrained(tmp_path / "buffer").net
+    assert isinstance(net, BufferNet) and torch.equal(net.gain, torch.full((1,), 3.0))
 
 
 def test_a_config_that_drops_an_argument_is_caught_when_saving(tmp_path: Path) -> None:

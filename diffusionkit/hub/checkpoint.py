@@ -395,11 +395,14 @@ def _weights_file(entry: Any, where: str) -> WeightsFile:
     return WeightsFile(name, digest)
 
 
-def build_model(cls: type, config: CheckpointConfig, label: str) -> nn.Module:
+def build_model(
+    cls: type, config: CheckpointConfig, label: str, *, meta: bool = False
+) -> nn.Module:
     """Build an instance of ``cls`` (random weights) from a validated config.
 
     ``cls`` is a ``DenoiseDiffusion`` class (needs a ``"diffusion"`` checkpoint) or a network
-    class (takes the network of either kind).
+    class (takes the network of either kind). With ``meta``, the network is built on the meta
+    device (no memory, no initialization), to be filled by ``load_into``.
     """
     if model_kind(cls) is Kind.DIFFUSION:
         if config.kind is not Kind.DIFFUSION:
@@ -409,14 +412,14 @@ def build_model(cls: type, config: CheckpointConfig, label: str) -> nn.Module:
                 f"{cls.__name__}: load it with {net_class}.from_pretrained and build "
                 "DenoiseDiffusion(net, schedule) around it"
             )
-        kwargs = decode_arguments(cls, config.arguments, label)
+        kwargs = decode_arguments(cls, config.arguments, label, meta=meta)
         try:
             model = cls(**kwargs)
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{label}: invalid config: {err}") from None
         assert isinstance(model, nn.Module)
         return model
-    net = build_component(config.arguments["net"], _NETWORKS, label)
+    net = build_component(config.arguments["net"], _NETWORKS, label, meta=meta)
     if not isinstance(net, cls):
         raise CheckpointError(
             f"{label}: the checkpoint's network is a {type(net).__name__}, not a {cls.__name__}"

@@ -257,12 +257,14 @@ def _describe(annotation: Any) -> str:
     return text.replace("typing.", "").replace("collections.abc.", "")
 
 
-def decode_arguments(cls: type, config: Mapping[str, Any], label: str) -> dict[str, Any]:
+def decode_arguments(
+    cls: type, config: Mapping[str, Any], label: str, *, meta: bool = False
+) -> dict[str, Any]:
     """Check ``config`` against ``cls``'s constructor and rebuild nested components.
 
     Unknown and missing arguments and values of the wrong JSON type are refused before anything
     is built; an argument annotated with a component family (``schedule: NoiseSchedule``) is
-    built from its ``{"class", "config"}`` entry.
+    built from its ``{"class", "config"}`` entry (a network on the meta device with ``meta``).
 
     Raises:
         CheckpointError: naming ``label``, the class and the argument.
@@ -298,7 +300,8 @@ def decode_arguments(cls: type, config: Mapping[str, Any], label: str) -> dict[s
             )
         family = _family_of_annotation(hint)
         if family is not None and isinstance(value, dict):
-            kwargs[name] = build_component(value, family, f"{label}: {cls.__name__}.{name}")
+            where = f"{label}: {cls.__name__}.{name}"
+            kwargs[name] = build_component(value, family, where, meta=meta)
     return kwargs
 
 
@@ -332,7 +335,7 @@ def build_component(entry: Any, family: Family, label: str, *, meta: bool = Fals
             f"{family.registry_name} (import the module that does) before loading."
         ) from None
     where = f"{label}: {family.what} {name}"
-    kwargs = decode_arguments(cls, config, where)
+    kwargs = decode_arguments(cls, config, where, meta=meta)
     try:
         if meta and issubclass(cls, nn.Module):
             try:

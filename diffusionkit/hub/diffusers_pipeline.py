@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from diffusionkit.diffusion import DenoiseDiffusion
@@ -35,7 +36,7 @@ from diffusionkit.hub.diffusers_unet import (
 )
 from diffusionkit.hub.errors import CheckpointError, CheckpointNotFoundError
 from diffusionkit.hub.remote import Source
-from diffusionkit.hub.weights import read_pickled, read_safetensors, save_safetensors
+from diffusionkit.hub.weights import load_into, read_pickled, read_safetensors, save_safetensors
 from diffusionkit.networks.unet import UNet
 
 __all__ = [
@@ -95,9 +96,14 @@ def load_unet(source: Source, root: Path, folder: str, *, allow_pickle: bool) ->
     if path is None:
         raise CheckpointNotFoundError(f"{source.label(name)}: file not found")
     label = source.label(name)
-    net = UNet(**unet_config_from_diffusers(read_json(path, label), label))
+    config = unet_config_from_diffusers(read_json(path, label), label)
+    try:
+        with torch.device("meta"):  # no memory, no initialization: the file sets every tensor
+            net = UNet(**config)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{label}: {err}") from None
     tensors, weights_label = _read_unet_weights(source, folder, allow_pickle)
-    net.load_state_dict(from_diffusers_tensors(tensors, net.state_dict(), weights_label))
+    load_into(net, from_diffusers_tensors(tensors, net.state_dict(), weights_label), weights_label)
     return net
 
 

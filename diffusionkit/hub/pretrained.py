@@ -35,7 +35,7 @@ from diffusionkit.hub.checkpoint import (
 from diffusionkit.hub.errors import CheckpointError, CheckpointNotFoundError
 from diffusionkit.hub.integrity import sha256_file
 from diffusionkit.hub.remote import Source, open_source, upload_folder_to_hub
-from diffusionkit.hub.weights import load_into, read_safetensors
+from diffusionkit.hub.weights import fully_in_state_dict, load_into, read_safetensors
 
 __all__ = ["load_pretrained", "push_to_hub", "save_diffusers", "save_pretrained"]
 
@@ -154,7 +154,9 @@ def _load_checkpoint(cls: type, source: Source, config: Any, *, use_ema: bool) -
             f"({entry.sha256[:12]}...); {source.corrupt_hint()}"
         )
     tensors = read_safetensors(path, label)
-    model = build_model(cls, parsed, config_label)
+    model = build_model(cls, parsed, config_label, meta=True)
+    if not fully_in_state_dict(network_of(model)):  # tensors no file sets: initialize them
+        model = build_model(cls, parsed, config_label)
     load_into(network_of(model), tensors, label)
     return model
 

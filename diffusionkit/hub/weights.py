@@ -20,6 +20,7 @@ from diffusionkit.hub.errors import CheckpointError
 __all__ = [
     "PICKLE_SUFFIXES",
     "check_tensors",
+    "fully_in_state_dict",
     "load_into",
     "read_pickled",
     "read_safetensors",
@@ -111,13 +112,28 @@ def check_tensors(
         raise CheckpointError(f"{label} does not match the {what}: " + "; ".join(problems))
 
 
-def load_into(module: nn.Module, tensors: Mapping[str, Tensor], label: str) -> None:
-    """Copy ``tensors`` into ``module`` strictly, first converting it to the file's float dtype.
+def fully_in_state_dict(module: nn.Module) -> bool:
+    """Whether loading a state dict sets every tensor of ``module`` (no non-persistent buffers).
 
-    Converting keeps a round trip exact: weights saved in bfloat16 come back in bfloat16 rather
-    than widened to float32 (which would change every sample drawn from the model).
+    Only then may ``module`` be built on the meta device and filled by :func:`load_into`.
     """
-    check_tensors(tensors, module.state_dict(), label, type(module).__name__)
+    names = {n for n, _ in module.named_parameters()} | {n for n, _ in module.named_buffers()}
+    return names <= module.state_dict().keys()
+
+
+def load_into(module: nn.Module, tensors: Mapping[str, Tensor], label: str) -> None:
+    """Load ``tensors`` into ``module`` strictly, keeping the file's dtype.
+
+    A module built on the meta device (no memory, no random initialization to throw away)
+    takes the tensors themselves; a materialized one is converted to the file's float dtype and
+    copied into. Either way a round trip is exact: weights saved in bfloat16 come back in
+    bfloat16 rather than widened to float32 (which would change every sample drawn).
+    """
+    state = module.state_dict()
+    check_tensors(tensors, state, label, type(module).__name__)
+    if any(t.is_meta for t in state.values()):
+        module.load_state_dict(tensors, strict=True, assign=True)
+        return
     float_dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
     if len(float_dtypes) == 1:
         module.to(dtype=float_dtypes.pop())
