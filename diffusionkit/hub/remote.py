@@ -57,10 +57,6 @@ class Source:
     #: digests computed while verifying downloaded files (file -> {"sha256": ...}), for reuse
     digests: dict[str, dict[str, str]] = field(default_factory=dict)
 
-    @property
-    def is_local(self) -> bool:
-        return self.folder is not None
-
     def label(self, file: str) -> str:
         """How errors name ``file`` of this source: ``"config.json in alice/m@3f2a1c9"``."""
         if self.folder is not None:
@@ -156,14 +152,10 @@ def open_source(
     looks_like_path = isinstance(path_or_repo_id, os.PathLike) or name.startswith(
         (".", "/", "~", "\\")
     )
-    try:
-        if looks_like_path:
-            raise HFValidationError("a path")
-        validate_repo_id(name)
-    except HFValidationError:
+    if looks_like_path or not _is_repo_id(name):
         raise CheckpointNotFoundError(
             f"{name!r} is neither an existing folder nor a Hub repo id ('user/name')"
-        ) from None
+        )
     return Source(
         name=name,
         folder=None,
@@ -175,26 +167,34 @@ def open_source(
     )
 
 
+def _is_repo_id(name: str) -> bool:
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
 def _translate(call: Callable[[], T], source: Source) -> T:
     """Run a Hub call, turning "cannot find or read it" errors into CheckpointNotFoundError."""
     repo = source.name
     try:
         return call()
-    except GatedRepoError:
+    except GatedRepoError as err:
         raise CheckpointNotFoundError(
             f"Hub repo {repo} is gated: accept its conditions on the Hub, then pass a token "
             "(token=... or `hf auth login`) of an account that has access"
-        ) from None
-    except RepositoryNotFoundError:
+        ) from err
+    except RepositoryNotFoundError as err:
         raise CheckpointNotFoundError(
             f"Hub repo {repo} was not found: it does not exist, or it is private and the token "
             "in use (token=..., HF_TOKEN or `hf auth login`) cannot read it"
-        ) from None
-    except RevisionNotFoundError:
+        ) from err
+    except RevisionNotFoundError as err:
         raise CheckpointNotFoundError(
             f"revision {source.revision!r} does not exist in Hub repo {repo} (a branch, a tag or "
             "a commit sha is expected)"
-        ) from None
+        ) from err
     except (LocalEntryNotFoundError, IncompleteSnapshotError) as err:
         where = f"revision {source.revision!r} of " if source.revision else ""
         why = (
@@ -204,7 +204,7 @@ def _translate(call: Callable[[], T], source: Source) -> T:
         )
         raise CheckpointNotFoundError(
             f"{where}Hub repo {repo} is not in the local cache and {why}: {err}"
-        ) from None
+        ) from err
 
 
 def upload_folder_to_hub(
