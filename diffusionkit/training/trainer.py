@@ -555,6 +555,9 @@ class Trainer:
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
+            # its own generator: creating the iterator must not draw from the global RNG,
+            # whose saved state drives dropout after a resume
+            generator=torch.Generator().manual_seed(self.seed),
         )
         return iter(loader)
 

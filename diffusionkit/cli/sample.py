@@ -1,0 +1,158 @@
+"""``diffusionkit sample``: draw a grid of samples (and a denoising GIF) from a trained model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from diffusionkit.cli.errors import EXIT_USAGE, CLIError
+from diffusionkit.cli.options import positive_int
+
+__all__ = ["add_parser", "image_size_of", "run"]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``sample`` subcommand to ``subparsers``."""
+    from diffusionkit.samplers import SAMPLERS
+
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "sample",
+        help="draw samples from a trained model",
+        description=(
+            "Sample images from a trained model (a run folder written by 'diffusionkit train', "
+            "any folder written by save_pretrained, or a Hub repo such as user/model) and "
+            "write them as one grid image, optionally with a GIF of the denoising chain. "
+            "The EMA weights are used when the model has them."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--model", required=True, metavar="PATH_OR_REPO", help="run folder or Hub repo id"
+    )
+    parser.add_argument(
+        "-n", "--num", type=positive_int(1), default=64, metavar="N", help="number of images"
+    )
+    parser.add_argument(
+        "--out", default="samples.png", metavar="FILE", help="grid image to write (PNG)"
+    )
+    names = ", ".join(n for n in SAMPLERS.names() if n.islower())
+    parser.add_argument("--sampler", default="ddpm", metavar="NAME", help=f"reverse step: {names}")
+    parser.add_argument(
+        "--steps",
+        type=positive_int(1),
+        default=None,
+        metavar="S",
+        help="reverse steps (fewer than the model's T respaces the schedule; default: all T)",
+    )
+    parser.add_argument("--seed", type=positive_int(0), default=0, help="random seed")
+    parser.add_argument(
+        "--gif", default=None, metavar="FILE", help="also write the denoising chain as a GIF"
+    )
+    parser.add_argument(
+        "--image-size",
+        type=positive_int(1),
+        default=None,
+        metavar="S",
+        help="image size SxS (default: the size the run was trained at, from its "
+        "train_config.json; required for Hub repos)",
+    )
+    parser.add_argument(
+        "--no-ema", action="store_true", help="use the raw trained weights instead of the EMA"
+    )
+    parser.add_argument("--device", default="cpu", metavar="DEV", help="device to sample on")
+    parser.add_argument(
+        "--revision", default=None, metavar="REV", help="branch, tag or commit of a Hub repo"
+    )
+    return parser
+
+
+def image_size_of(model_ref: str, given: int | None) -> int:
+    """The image size to sample at: ``given``, or the one recorded by ``diffusionkit train``."""
+    if given is not None:
+        return given
+    from diffusionkit.cli.train import TRAIN_CONFIG
+
+    saved = Path(model_ref) / TRAIN_CONFIG
+    if saved.is_file():
+        try:
+            size = json.loads(saved.read_text(encoding="utf-8")).get("image_size")
+        except (OSError, json.JSONDecodeError) as error:
+            raise CLIError(f"cannot read {saved}: {error}") from None
+        if isinstance(size, int) and size > 0:
+            return size
+    raise CLIError(
+        f"{model_ref} does not record the image size it was trained at; pass --image-size",
+        EXIT_USAGE,
+    )
+
+
+def _check_local(model_ref: str) -> None:
+    folder = Path(model_ref)
+    if not folder.is_dir():
+        return
+    if not (folder / "config.json").is_file():
+        from diffusionkit.training.checkpoint import CHECKPOINTS_DIRNAME, list_checkpoints
+
+        if list_checkpoints(folder / CHECKPOINTS_DIRNAME):
+            raise CLIError(
+                f"{folder} holds an unfinished training run (checkpoints but no exported "
+                f"model yet); finish it with: diffusionkit train --out {folder} --resume"
+            )
+        raise CLIError(f"{folder} holds no model (no config.json)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``diffusionkit sample``; returns the exit status."""
+    import torch
+
+    from diffusionkit import DenoiseDiffusion
+    from diffusionkit.samplers import SAMPLERS
+    from diffusionkit.utils import FrameRecorder, save_gif, save_grid
+
+    try:
+        sampler = SAMPLERS.get(args.sampler)()
+    except KeyError as error:
+        raise CLIError(f"--sampler: {error.args[0]}", EXIT_USAGE) from None
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise CLIError(f"--device {args.device!r} is not a device name", EXIT_USAGE) from None
+    _check_local(args.model)
+    model = DenoiseDiffusion.from_pretrained(
+        args.model, revision=args.revision, map_location=device, use_ema=not args.no_ema
+    )
+    size = image_size_of(args.model, args.image_size)
+    steps = args.steps
+    if steps is not None and steps > model.timesteps:
+        raise CLIError(
+            f"--steps {steps} exceeds the model's {model.timesteps} timesteps", EXIT_USAGE
+        )
+    channels = getattr(model.net, "in_channels", None) or 3
+    shape = (args.num, channels, size, size)
+    try:
+        model._check_shape(shape)
+    except ValueError as error:
+        raise CLIError(f"--image-size {size}: {error}", EXIT_USAGE) from None
+    nrow = max(1, round(math.sqrt(args.num)))
+    recorder = FrameRecorder(steps or model.timesteps, nrow=nrow) if args.gif else None
+    samples = model.reverse_sample(
+        shape,
+        generator=torch.Generator().manual_seed(args.seed),
+        sampler=sampler,
+        steps=steps,
+        clip=True,
+        callback=recorder,
+    )
+    scale = max(1, 64 // size)
+    out = save_grid(samples, args.out, nrow=nrow, scale=scale)
+    print(
+        f"wrote {out}: {args.num} samples {size}x{size}, sampler {args.sampler}, "
+        f"{steps or model.timesteps} steps, seed {args.seed}"
+    )
+    if recorder is not None:
+        gif = save_gif(recorder.frames, args.gif, scale=scale)
+        print(f"wrote {gif}: the denoising chain, {len(recorder.frames)} frames")
+    return 0

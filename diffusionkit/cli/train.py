@@ -1,0 +1,584 @@
+"""``diffusionkit train``: train a DDPM on built-in data or a folder of images.
+
+Every option has one entry in :data:`OPTIONS` (name, converter, default, help); the same table
+builds the ``argparse`` options, validates ``--config`` files, and records the resolved
+settings as ``train_config.json`` in the run folder, from which ``--resume`` continues.
+Settings are resolved in this order, later ones winning: built-in defaults, the run folder's
+``train_config.json`` (with ``--resume``), the ``--config`` file, the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diffusionkit.cli.errors import EXIT_USAGE, CLIError
+from diffusionkit.cli.options import (
+    choice,
+    int_list,
+    number,
+    optional,
+    positive_int,
+    probability,
+)
+
+__all__ = ["DEFAULT_IMAGE_SIZES", "OPTIONS", "TRAIN_CONFIG", "add_parser", "resolve", "run"]
+
+#: name of the resolved settings file in a run folder
+TRAIN_CONFIG = "train_config.json"
+
+#: image size used when ``--image-size`` is not given, per built-in dataset (folders: 32)
+DEFAULT_IMAGE_SIZES = {"digits": 16, "fashion-mnist": 28}
+FOLDER_IMAGE_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Option:
+    """One ``train`` option: ``--<name with dashes>``, stored as ``name``."""
+
+    name: str
+    convert: Callable[[Any], Any]
+    default: Any
+    help: str
+    group: str = "training"
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise argparse.ArgumentTypeError(f"must be a non-empty string, got {value!r}")
+    return value
+
+
+_SCHEDULES = ("linear", "cosine")
+_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+#: every ``train`` option; the defaults train a recognisable digits model on 2 CPU cores in a
+#: few minutes (see docs/guides/training.md for the measurements behind them)
+OPTIONS: tuple[Option, ...] = (
+    # data
+    Option(
+        "data",
+        _text,
+        None,
+        "training images: 'digits' (scikit-learn's 8x8 digits, padded "
+        "to 16x16), 'fashion-mnist' (28x28), or a folder of images (subfolders = classes)",
+        "data",
+        "DATA",
+    ),
+    Option(
+        "image_size",
+        optional(positive_int(1)),
+        None,
+        "image size S (SxS) the model is "
+        "trained at; folders are resized and centre-cropped to it (default: 16 for digits, "
+        "28 for fashion-mnist, 32 for folders)",
+        "data",
+        "S",
+    ),
+    Option(
+        "channels",
+        optional(choice("1", "3")),
+        None,
+        "1 (greyscale) or 3 (RGB) (default: 1 for the built-ins, 3 for folders)",
+        "data",
+        "C",
+    ),
+    Option(
+        "num_workers",
+        positive_int(0),
+        0,
+        "worker processes that read images (0: in the "
+        "training process; raise it for large folders of JPEGs)",
+        "data",
+        "N",
+    ),
+    # model
+    Option("dim", positive_int(1), 16, "channels of the U-Net's first level", "model", "N"),
+    Option(
+        "dim_mults",
+        int_list(1),
+        [1, 2, 2],
+        "channel multiplier of each U-Net level, "
+        "comma-separated; the image size must be divisible by 2^(levels - 1)",
+        "model",
+        "M,M,...",
+    ),
+    Option(
+        "attn_levels",
+        int_list(0),
+        [2],
+        "0-based U-Net levels with self-attention, comma-separated, or 'none'",
+        "model",
+        "L,...",
+    ),
+    Option("n_blocks", positive_int(1), 1, "residual blocks per U-Net level", "model", "N"),
+    Option(
+        "groups",
+        positive_int(1),
+        8,
+        "GroupNorm groups (must divide every level's channels)",
+        "model",
+        "G",
+    ),
+    Option("dropout", probability, 0.0, "dropout probability in the residual blocks", "model", "P"),
+    Option(
+        "schedule",
+        choice(*_SCHEDULES),
+        "cosine",
+        "noise schedule: cosine (Nichol & "
+        "Dhariwal 2021) or linear (Ho et al. 2020, scaled to the number of timesteps)",
+        "model",
+        "NAME",
+    ),
+    Option("timesteps", positive_int(2, 100_000), 250, "diffusion steps T", "model", "T"),
+    Option(
+        "prediction",
+        choice("eps", "x0", "v"),
+        "eps",
+        "what the network predicts: the noise eps, the clean image x0, or the velocity v",
+        "model",
+        "KIND",
+    ),
+    # optimisation
+    Option("steps", positive_int(1), 2000, "optimizer steps of the whole run", metavar="N"),
+    Option(
+        "batch_size",
+        positive_int(1),
+        128,
+        "images per optimizer step (over all processes and accumulation steps)",
+        metavar="B",
+    ),
+    Option(
+        "lr", number(0.0, 1.0, open_min=True), 2e-3, "peak learning rate of AdamW", metavar="LR"
+    ),
+    Option(
+        "warmup_steps", positive_int(0), 100, "steps of linear learning-rate warm-up", metavar="N"
+    ),
+    Option(
+        "lr_decay",
+        choice("constant", "cosine"),
+        "constant",
+        "learning rate after the warm-up: constant, or cosine decay to 0 at the last step",
+        metavar="KIND",
+    ),
+    Option("weight_decay", number(0.0), 0.0, "AdamW weight decay", metavar="W"),
+    Option(
+        "grad_clip",
+        optional(number(0.0, open_min=True)),
+        1.0,
+        "clip the gradient norm to this ('none': no clipping)",
+        metavar="NORM",
+    ),
+    Option(
+        "grad_accum",
+        positive_int(1),
+        1,
+        "micro-batches per optimizer step (gradient accumulation; divides --batch-size)",
+        metavar="N",
+    ),
+    Option(
+        "ema_decay",
+        number(0.0, 1.0, open_max=True),
+        0.999,
+        "decay of the weights' "
+        "exponential moving average, warmed up as min(decay, (1 + n) / (10 + n)); "
+        "samples and the exported model use the EMA weights",
+        metavar="D",
+    ),
+    Option(
+        "precision",
+        choice(*_PRECISIONS),
+        "auto",
+        "forward-pass precision: auto (fp32 on "
+        "CPUs, bf16 on GPUs that support it), fp32, bf16, or fp16 (with loss scaling)",
+        metavar="P",
+    ),
+    Option(
+        "device",
+        _text,
+        "auto",
+        "device: auto (cuda if available), cpu, cuda, cuda:1, ...",
+        metavar="DEV",
+    ),
+    Option(
+        "threads",
+        optional(positive_int(1)),
+        None,
+        "CPU threads torch may use (default: torch's choice)",
+        metavar="N",
+    ),
+    Option(
+        "seed",
+        positive_int(0),
+        0,
+        "seed of initialisation, data order, noise and samples",
+        metavar="S",
+    ),
+    # outputs
+    Option(
+        "checkpoint_every",
+        positive_int(0),
+        500,
+        "write a checkpoint every N steps (0: only at the end)",
+        "outputs",
+        "N",
+    ),
+    Option(
+        "keep_checkpoints",
+        positive_int(1),
+        2,
+        "how many of the newest checkpoints to keep",
+        "outputs",
+        "K",
+    ),
+    Option(
+        "sample_every",
+        positive_int(0),
+        500,
+        "write samples/step-N.png every N steps, from fixed seeds (0: only at the end)",
+        "outputs",
+        "N",
+    ),
+    Option("sample_count", positive_int(1), 64, "images per sample grid", "outputs", "N"),
+    Option(
+        "sample_steps",
+        optional(positive_int(1)),
+        None,
+        "reverse steps when sampling grids (default: all T)",
+        "outputs",
+        "N",
+    ),
+    Option("log_every", positive_int(1), 10, "steps between metrics.jsonl records", "outputs", "N"),
+    Option(
+        "progress",
+        lambda v: v if isinstance(v, bool) else str(v).lower() == "true",
+        True,
+        "show a progress bar",
+        "outputs",
+    ),
+)
+_BY_NAME = {option.name: option for option in OPTIONS}
+DEFAULTS: dict[str, Any] = {option.name: option.default for option in OPTIONS}
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``train`` subcommand to ``subparsers``."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "train",
+        help="train a model",
+        description=(
+            "Train a DDPM and write a run folder: checkpoints/ (resumable), samples/ (grids "
+            "during training), metrics.jsonl, samples.png and denoise.gif (the final model's "
+            "samples and its denoising chain), train_config.json, and the model itself "
+            "(config.json, model.safetensors, ema.safetensors), which "
+            "DenoiseDiffusion.from_pretrained(OUT) and 'diffusionkit sample --model OUT' load."
+        ),
+        epilog=(
+            "Settings resolve as: defaults < the run's train_config.json (with --resume) < "
+            "--config FILE < command line. Under 'torchrun --nproc_per_node=N' the same command "
+            "trains on N processes."
+        ),
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="the run folder, e.g. runs/digits"
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help='JSON file of settings, keyed by option name (e.g. {"steps": 500, '
+        '"dim_mults": [1, 2]}); command-line options override it',
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its newest checkpoint, with its saved settings",
+    )
+    groups = {
+        "data": parser.add_argument_group("data"),
+        "model": parser.add_argument_group("model"),
+        "training": parser.add_argument_group("training"),
+        "outputs": parser.add_argument_group("outputs"),
+    }
+    for option in OPTIONS:
+        group = groups[option.group]
+        shown = option.default
+        if isinstance(shown, list):
+            shown = ",".join(str(v) for v in shown) or "none"
+        help_text = option.help
+        if shown is not None and "default" not in help_text:
+            help_text += f" (default: {shown})"
+        if option.name == "progress":
+            group.add_argument(
+                "--no-progress",
+                dest="progress",
+                action="store_false",
+                help="hide the progress bar",
+            )
+            continue
+        group.add_argument(
+            option.flag, dest=option.name, type=option.convert, metavar=option.metavar,
+            help=help_text,
+        )  # fmt: skip
+    return parser
+
+
+def _from_mapping(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Validate settings read from a JSON file (keys may use '-' or '_')."""
+    if not isinstance(values, dict):
+        raise CLIError(f"{source} must hold a JSON object of settings", EXIT_USAGE)
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        option = _BY_NAME.get(name)
+        if option is None:
+            valid = ", ".join(sorted(_BY_NAME))
+            raise CLIError(f"{source}: unknown setting {key!r}; valid: {valid}", EXIT_USAGE)
+        try:
+            out[name] = option.convert(value)
+        except (argparse.ArgumentTypeError, ValueError) as error:
+            raise CLIError(f"{source}: setting {key!r} {error}", EXIT_USAGE) from None
+    return out
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CLIError(f"{what} {path} does not exist", EXIT_USAGE) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise CLIError(f"cannot read {what} {path}: {error}", EXIT_USAGE) from None
+    except json.JSONDecodeError as error:
+        raise CLIError(f"{what} {path} is not valid JSON: {error}", EXIT_USAGE) from None
+
+
+def resolve(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings of a ``train`` command, merged and checked (see the module docstring)."""
+    given = {k: v for k, v in vars(args).items() if k in _BY_NAME}
+    settings = dict(DEFAULTS)
+    out = Path(args.out)
+    if getattr(args, "resume", False):
+        saved = out / TRAIN_CONFIG
+        if not saved.is_file():
+            raise CLIError(
+                f"--resume: {out} holds no run to resume (no {TRAIN_CONFIG}); start it "
+                "without --resume",
+                EXIT_USAGE,
+            )
+        settings.update(_from_mapping(_read_json(saved, "run settings"), str(saved)))
+    config = getattr(args, "config", None)
+    if config is not None:
+        settings.update(_from_mapping(_read_json(Path(config), "--config file"), config))
+    settings.update(given)
+    if settings["data"] is None:
+        raise CLIError("--data is required (digits, fashion-mnist or a folder)", EXIT_USAGE)
+    _check_model_settings(settings)
+    return settings
+
+
+def _data_key(data: str) -> str | None:
+    from diffusionkit.data import BUILTIN_DATASETS
+
+    key = data.strip().lower().replace("_", "-")
+    return key if key in BUILTIN_DATASETS else None
+
+
+def _check_model_settings(settings: dict[str, Any]) -> None:
+    levels = len(settings["dim_mults"])
+    if levels < 1:
+        raise CLIError("--dim-mults needs at least one level", EXIT_USAGE)
+    bad = [level for level in settings["attn_levels"] if level >= levels]
+    if bad:
+        raise CLIError(
+            f"--attn-levels {bad} out of range: the U-Net has {levels} levels (0 .. {levels - 1})",
+            EXIT_USAGE,
+        )
+    key = _data_key(settings["data"])
+    if settings["image_size"] is None:
+        settings["image_size"] = DEFAULT_IMAGE_SIZES.get(key or "", FOLDER_IMAGE_SIZE)
+    if settings["channels"] is None:
+        settings["channels"] = 1 if key else 3
+    settings["channels"] = int(settings["channels"])
+    multiple = 2 ** (levels - 1)
+    size = settings["image_size"]
+    if size % multiple:
+        raise CLIError(
+            f"--image-size {size} does not fit the U-Net: with {levels} levels (--dim-mults "
+            f"{','.join(map(str, settings['dim_mults']))}) the size must be a multiple of "
+            f"{multiple}, e.g. {max(multiple, size - size % multiple)} or "
+            f"{size - size % multiple + multiple}",
+            EXIT_USAGE,
+        )
+    channels = [settings["dim"] * m for m in settings["dim_mults"]]
+    if any(c % settings["groups"] for c in {settings["dim"], *channels}):
+        raise CLIError(
+            f"--groups {settings['groups']} must divide every level's channels {channels}",
+            EXIT_USAGE,
+        )
+    if settings["sample_steps"] is not None and settings["sample_steps"] > settings["timesteps"]:
+        raise CLIError(
+            f"--sample-steps {settings['sample_steps']} exceeds --timesteps "
+            f"{settings['timesteps']}",
+            EXIT_USAGE,
+        )
+    if settings["batch_size"] % settings["grad_accum"]:
+        raise CLIError(
+            f"--batch-size {settings['batch_size']} must be divisible by --grad-accum "
+            f"{settings['grad_accum']}",
+            EXIT_USAGE,
+        )
+
+
+def build_model(settings: dict[str, Any]) -> Any:
+    """The ``DenoiseDiffusion`` described by ``settings``."""
+    import torch
+
+    from diffusionkit import CosineSchedule, DenoiseDiffusion, LinearSchedule, UNet
+
+    torch.manual_seed(settings["seed"])
+    levels = len(settings["dim_mults"])
+    net = UNet(
+        in_channels=settings["channels"],
+        dim=settings["dim"],
+        dim_mults=settings["dim_mults"],
+        attns=[level in settings["attn_levels"] for level in range(levels)],
+        n_blocks=settings["n_blocks"],
+        groups=settings["groups"],
+        mid_attn=bool(settings["attn_levels"]),
+        dropout=settings["dropout"],
+    )
+    schedule_cls = CosineSchedule if settings["schedule"] == "cosine" else LinearSchedule
+    return DenoiseDiffusion(
+        net, schedule_cls(timesteps=settings["timesteps"]), prediction=settings["prediction"]
+    )
+
+
+def load_data(settings: dict[str, Any]) -> Any:
+    """The training dataset of ``settings``, with image folders checked up front."""
+    from diffusionkit.data import ImageFolderDataset, load_dataset
+
+    dataset = load_dataset(
+        settings["data"], image_size=settings["image_size"], channels=settings["channels"]
+    )
+    if isinstance(dataset, ImageFolderDataset):
+        _check_image_files(dataset)
+    return dataset
+
+
+def _check_image_files(dataset: Any) -> None:
+    """Open every file's header (cheap) and decode the first image, so that a broken file is
+    reported before training starts rather than mid-run."""
+    from PIL import Image, UnidentifiedImageError
+
+    for path in dataset.files:
+        try:
+            with Image.open(path) as image:
+                image.size  # noqa: B018 - reading the header is the check
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+            raise CLIError(f"cannot read image file {path}: {error}") from None
+    dataset[0]
+
+
+def _check_run_folder(out: Path, resume: bool) -> None:
+    from diffusionkit.training.checkpoint import CHECKPOINTS_DIRNAME, list_checkpoints
+
+    existing = list_checkpoints(out / CHECKPOINTS_DIRNAME)
+    if resume and not existing:
+        raise CLIError(f"--resume: {out} has no checkpoint to resume from", EXIT_USAGE)
+    if not resume and existing:
+        raise CLIError(
+            f"{out} already holds a training run; pass --resume to continue it, or choose "
+            "another --out",
+            EXIT_USAGE,
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``diffusionkit train``; returns the exit status."""
+    settings = resolve(args)
+    out = Path(args.out)
+    resume = bool(getattr(args, "resume", False))
+    _check_run_folder(out, resume)
+
+    import torch
+
+    from diffusionkit.training import Trainer
+    from diffusionkit.utils.atomic import atomic_write_text
+
+    if settings["threads"] is not None:
+        torch.set_num_threads(settings["threads"])
+    device = None if settings["device"] == "auto" else settings["device"]
+    if device is not None:
+        try:
+            torch.device(device)
+        except RuntimeError:
+            raise CLIError(f"--device {device!r} is not a device name", EXIT_USAGE) from None
+    precision = None if settings["precision"] == "auto" else settings["precision"]
+    dataset = load_data(settings)
+    model = build_model(settings)
+    trainer = Trainer(
+        model,
+        dataset,
+        batch_size=settings["batch_size"],
+        lr=settings["lr"],
+        steps=settings["steps"],
+        out_dir=out,
+        warmup_steps=settings["warmup_steps"],
+        lr_decay=settings["lr_decay"],
+        weight_decay=settings["weight_decay"],
+        grad_clip=settings["grad_clip"],
+        grad_accum=settings["grad_accum"],
+        ema_decay=settings["ema_decay"],
+        precision=precision,
+        device=device,
+        seed=settings["seed"],
+        checkpoint_every=settings["checkpoint_every"],
+        keep_checkpoints=settings["keep_checkpoints"],
+        sample_every=settings["sample_every"],
+        sample_count=settings["sample_count"],
+        sample_steps=settings["sample_steps"],
+        log_every=settings["log_every"],
+        num_workers=settings["num_workers"],
+        progress=settings["progress"],
+    )
+    try:
+        main = trainer.dist.is_main
+        if resume:
+            trainer.resume(out)
+        if main:
+            atomic_write_text(out / TRAIN_CONFIG, json.dumps(settings, indent=2) + "\n")
+            params = sum(p.numel() for p in model.net.parameters())
+            print(
+                f"training {params / 1e6:.2f}M-parameter U-Net on {len(dataset)} images "
+                f"({settings['data']}, {settings['image_size']}x{settings['image_size']}) for "
+                f"{settings['steps']} steps on {trainer.device} ({trainer.precision.value}"
+                f"{f', {trainer.dist.world_size} processes' if trainer.dist.enabled else ''})"
+                + (f", resuming at step {trainer.step}" if resume else ""),
+                flush=True,
+            )
+        result = trainer.train()
+    finally:
+        trainer.close()
+    if main:
+        minutes = result.seconds / 60
+        loss = "n/a" if math.isnan(result.loss) else f"{result.loss:.4f}"
+        print(f"done: {result.steps} steps in {minutes:.1f} min, final loss {loss}")
+        print(f"  samples:    {result.samples}")
+        print(f"  denoising:  {result.gif}")
+        print(f"  checkpoint: {result.checkpoint}")
+        print(
+            f"  model:      {out}  (diffusionkit sample --model {os.fspath(out)}, or "
+            f"DenoiseDiffusion.from_pretrained({os.fspath(out)!r}))"
+        )
+    return 0

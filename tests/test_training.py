@@ -1,0 +1,240 @@
+"""The Trainer: exact resume, the NaN guard, data order, outputs and input checks."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from diffusionkit import DenoiseDiffusion, LinearSchedule, UNet
+from diffusionkit.data import TensorImageDataset
+from diffusionkit.training import (
+    DataOrder,
+    LRDecay,
+    NonFiniteLossError,
+    Precision,
+    Trainer,
+    WarmupSchedule,
+    default_precision,
+    list_checkpoints,
+    load_checkpoint,
+    read_metrics,
+)
+
+
+def tiny_model(seed: int = 0, dropout: float = 0.0, **unet) -> DenoiseDiffusion:
+    torch.manual_seed(seed)
+    kwargs = dict(dim=8, dim_mults=(1,), attns=(False,), groups=4, n_blocks=1, mid_attn=False)
+    kwargs.update(unet)
+    net = UNet(in_channels=1, dropout=dropout, **kwargs)
+    return DenoiseDiffusion(net, LinearSchedule(timesteps=50))
+
+
+def tiny_data(n: int = 20, seed: int = 1) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 8, 8, generator=g) * 2 - 1
+
+
+QUIET = dict(progress=False, sample_every=0, export=False)
+
+
+def state_of(trainer: Trainer) -> dict[str, Tensor]:
+    out = {f"net.{k}": v for k, v in trainer.diffusion.net.state_dict().items()}
+    out.update({f"ema.{k}": v for k, v in trainer.ema.state_dict().items()})
+    for i, s in trainer.optimizer.state_dict()["state"].items():
+        out.update({f"opt.{i}.{k}": v for k, v in s.items() if isinstance(v, Tensor)})
+    return out
+
+
+def test_resume_after_an_interruption_is_bit_exact(tmp_path, monkeypatch):
+    # dropout exercises the saved torch RNG; 20 examples with batches of 8 cross epochs
+    # mid-batch; accumulation, warm-up and cosine decay exercise the rest of the state
+    settings = dict(
+        batch_size=8, lr=2e-3, steps=7, grad_accum=2, warmup_steps=3, lr_decay="cosine",
+        checkpoint_every=3, ema_decay=0.9, **QUIET,
+    )  # fmt: skip
+    straight = Trainer(tiny_model(dropout=0.1), tiny_data(), out_dir=tmp_path / "a", **settings)
+    straight.train()
+
+    interrupted = Trainer(tiny_model(dropout=0.1), tiny_data(), out_dir=tmp_path / "b", **settings)
+    real_step = Trainer._train_step
+
+    def crash_at_step_5(self, batches):
+        if self.step == 5:
+            raise KeyboardInterrupt
+        return real_step(self, batches)
+
+    monkeypatch.setattr(Trainer, "_train_step", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train()
+    monkeypatch.setattr(Trainer, "_train_step", real_step)
+    assert [p.name for p in list_checkpoints(tmp_path / "b" / "checkpoints")] == ["step-00000003"]
+
+    torch.manual_seed(12345)  # a different process state: resume must restore everything
+    resumed = Trainer(
+        tiny_model(seed=99, dropout=0.1), tiny_data(), out_dir=tmp_path / "b", **settings
+    )
+    resumed.resume()
+    assert resumed.step == 3
+    resumed.train()
+    a, b = state_of(straight), state_of(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after resume"
+    assert resumed.ema.num_updates == straight.ema.num_updates == 7
+    # the metrics of the redone steps are not duplicated
+    steps = [r["step"] for r in read_metrics(tmp_path / "b" / "metrics.jsonl")]
+    assert steps == sorted(set(steps))
+
+
+def test_resume_rejects_a_different_architecture(tmp_path):
+    Trainer(
+        tiny_model(), tiny_data(), batch_size=4, lr=1e-3, steps=1, out_dir=tmp_path, **QUIET
+    ).train()
+    other = Trainer(tiny_model(dim=12), tiny_data(), batch_size=4, lr=1e-3, steps=2, **QUIET)
+    with pytest.raises(ValueError, match="does not fit this model"):
+        other.resume(tmp_path)
+
+
+class NaNAfter(nn.Module):
+    """Wraps a network and returns NaN from its ``calls``-th training forward on."""
+
+    def __init__(self, net: nn.Module, calls: int) -> None:
+        super().__init__()
+        self.net, self.calls, self.seen = net, calls, 0
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        out = self.net(x, t)
+        if self.training:
+            self.seen += 1
+            if self.seen > self.calls:
+                return out * float("nan")
+        return out
+
+
+def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    base = tiny_model()
+    model = DenoiseDiffusion(NaNAfter(base.net, calls=5), base.schedule)
+    trainer = Trainer(model, tiny_data(), batch_size=4, lr=1e-3, steps=10, out_dir=tmp_path,
+                      checkpoint_every=2, **QUIET)  # fmt: skip
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.train()
+    message = str(info.value)
+    assert "step 5" in message and "nan" in message.lower()
+    assert "step-00000004" in message  # names the checkpoint to resume from
+    assert info.value.step == 5
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == [
+        "step-00000002",
+        "step-00000004",
+    ]
+    assert trainer.step == 5  # five good updates, the bad one not applied
+    for p in trainer.diffusion.parameters():
+        assert torch.isfinite(p).all()
+    saved = load_checkpoint(tmp_path)
+    assert saved.step == 4
+    assert all(torch.isfinite(v).all() for v in saved.tensors["model"].values())
+
+
+def test_data_order_visits_every_example_once_per_epoch_and_resumes_mid_epoch():
+    order = DataOrder(10, seed=3)
+    first = order.take(7)
+    snapshot = order.state_dict()
+    rest = order.take(13)  # the end of epoch 0, all of epoch 1
+    epoch0 = torch.cat([first, rest[:3]])
+    assert sorted(epoch0.tolist()) == list(range(10))
+    assert sorted(rest[3:].tolist()) == list(range(10))
+    assert not torch.equal(epoch0, rest[3:])  # a new permutation each epoch
+    again = DataOrder(10, seed=0)
+    again.load_state_dict(snapshot)
+    assert torch.equal(again.take(13), rest)
+    assert not torch.equal(DataOrder(10, seed=4).take(10), epoch0)
+    with pytest.raises(ValueError, match="dataset of 10"):
+        DataOrder(11).load_state_dict(snapshot)
+
+
+def test_warmup_schedule():
+    s = WarmupSchedule(warmup_steps=4, total_steps=9, decay=LRDecay.COSINE)
+    assert [s.factor(i) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert s.factor(4) == 1.0 and s.factor(8) == pytest.approx(0.0, abs=1e-12)
+    assert s.factor(6) == pytest.approx(0.5)
+    assert WarmupSchedule(2).factor(1000) == 1.0
+    with pytest.raises(ValueError, match="total_steps"):
+        WarmupSchedule(decay=LRDecay.COSINE)
+
+
+def test_outputs_metrics_samples_and_export(tmp_path):
+    trainer = Trainer(
+        tiny_model(), tiny_data(), batch_size=4, lr=1e-3, steps=4, out_dir=tmp_path,
+        log_every=2, sample_every=2, sample_count=4, checkpoint_every=0, progress=False,
+    )  # fmt: skip
+    result = trainer.train()
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records] == [2, 4]
+    for r in records:
+        assert set(r) >= {"step", "loss", "lr", "grad_norm", "samples_per_s"}
+        assert math.isfinite(r["loss"]) and r["samples_per_s"] > 0
+    assert (tmp_path / "samples" / "step-00000002.png").is_file()
+    assert result.samples == tmp_path / "samples.png" and result.samples.is_file()
+    assert result.gif is not None and result.gif.is_file()
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step-00000004"]
+    loaded = DenoiseDiffusion.from_pretrained(tmp_path)  # EMA weights by default
+    for a, b in zip(loaded.net.parameters(), trainer.ema.module.parameters(), strict=True):
+        assert torch.equal(a, b)
+    raw = DenoiseDiffusion.from_pretrained(tmp_path, use_ema=False)
+    for a, b in zip(raw.net.parameters(), trainer.diffusion.net.parameters(), strict=True):
+        assert torch.equal(a, b)
+    state = json.loads((result.checkpoint / "state.json").read_text())
+    assert state["step"] == 4 and state["ema"]["num_updates"] == 4
+
+
+def test_class_labels_reach_the_network_with_dropout():
+    seen: list[Tensor] = []
+
+    class Recorder(nn.Module):
+        num_classes = 3
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 1)
+
+        def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+            if self.training and labels is not None:
+                seen.append(labels.clone())
+            return self.conv(x)
+
+    data = TensorImageDataset(tiny_data(12), labels=torch.arange(12) % 3)
+    model = DenoiseDiffusion(Recorder(), LinearSchedule(50))
+    Trainer(model, data, batch_size=12, lr=1e-3, steps=3, label_dropout=0.5, **QUIET).train()
+    labels = torch.cat(seen)
+    assert set(labels.tolist()) <= {-1, 0, 1, 2}
+    assert (labels == -1).any() and (labels >= 0).any()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_on_cpu(precision):
+    trainer = Trainer(tiny_model(), tiny_data(), batch_size=4, lr=1e-3, steps=2,
+                      precision=precision, **QUIET)  # fmt: skip
+    result = trainer.train()
+    assert math.isfinite(result.loss)
+    assert (trainer.scaler is not None) == (precision == "fp16")
+    assert default_precision("cpu") is Precision.FP32
+
+
+def test_bad_inputs_give_clear_errors():
+    with pytest.raises(ValueError, match=r"\[-1, 1\]|value_range"):
+        Trainer(tiny_model(), tiny_data().add(1).div(2) + 0.01, batch_size=4, lr=1e-3, steps=1)
+    with pytest.raises(ValueError, match="cannot take the dataset's 1x6x6"):
+        Trainer(
+            tiny_model(dim_mults=(1, 2, 2), attns=(False, False, False)),
+            torch.zeros(4, 1, 6, 6) - 0.5,
+            batch_size=4, lr=1e-3, steps=1,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="divisible by grad_accum"):
+        Trainer(tiny_model(), tiny_data(), batch_size=6, grad_accum=4, lr=1e-3, steps=1)
+    with pytest.raises(ValueError, match="lr must be a positive"):
+        Trainer(tiny_model(), tiny_data(), batch_size=4, lr=0.0, steps=1)
+    with pytest.raises(ValueError, match="sample_steps"):
+        Trainer(tiny_model(), tiny_data(), batch_size=4, lr=1e-3, steps=1, sample_steps=51)
