@@ -1,0 +1,158 @@
+"""The ``diffusionkit`` command line, end to end on tiny runs, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from diffusionkit.cli import main
+from diffusionkit.training import list_checkpoints
+
+TINY = [
+    "--data", "digits", "--image-size", "8", "--dim", "8", "--dim-mults", "1,2",
+    "--attn-levels", "none", "--groups", "4", "--timesteps", "20", "--batch-size", "8",
+    "--sample-count", "4", "--sample-every", "0", "--checkpoint-every", "2", "--no-progress",
+]  # fmt: skip
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, expected_code: int, *needles: str) -> None:
+    assert code == expected_code, err
+    lines = [line for line in err.splitlines() if line.strip() and "it/s]" not in line]
+    assert len(lines) == 1, f"expected one line, got:\n{err}"
+    assert "Traceback" not in err and "error:" in lines[0]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_train_sample_resume_push_end_to_end(tmp_path, capsys, hub_tokens):
+    run = tmp_path / "runs" / "tiny"
+    code, out, err = run_cli(capsys, "train", "--out", str(run), "--steps", "3", *TINY)
+    assert code == 0, err
+    for name in ("samples.png", "denoise.gif", "config.json", "model.safetensors",
+                 "ema.safetensors", "metrics.jsonl", "train_config.json"):  # fmt: skip
+        assert (run / name).is_file(), name
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == [
+        "step-00000002",
+        "step-00000003",
+    ]
+    assert json.loads((run / "train_config.json").read_text())["image_size"] == 8
+    assert "done: 3 steps" in out
+
+    grid, gif = tmp_path / "s.png", tmp_path / "d.gif"
+    code, out, err = run_cli(
+        capsys, "sample", "--model", str(run), "-n", "4", "--out", str(grid),
+        "--sampler", "ddim", "--steps", "5", "--seed", "1", "--gif", str(gif),
+    )  # fmt: skip
+    assert code == 0, err
+    with Image.open(grid) as im:
+        assert im.size[0] > 8 and im.mode == "L"
+    with Image.open(gif) as im:
+        assert im.n_frames == 5
+
+    # resume with more steps: continues from step 3 to 5 with the saved settings
+    code, out, err = run_cli(capsys, "train", "--out", str(run), "--resume", "--steps", "5")
+    assert code == 0, err
+    assert "resuming at step 3" in out
+    assert list_checkpoints(run / "checkpoints")[-1].name == "step-00000005"
+
+    # push to the test Hub (token from HF_TOKEN, never printed), then sample from the repo
+    code, out, err = run_cli(capsys, "push", "--model", str(run), "--repo", "alice/cli-tiny")
+    assert code == 0, err
+    assert "alice/cli-tiny" in out
+    assert all(token not in out + err for token in hub_tokens.values())
+    code, out, err = run_cli(
+        capsys, "sample", "--model", "alice/cli-tiny", "-n", "2", "--image-size", "8",
+        "--steps", "3", "--out", str(tmp_path / "hub.png"),
+    )  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "hub.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--lr", "-1"], ["--lr", "(0, 1]"]),
+        (["--ema-decay", "1.5"], ["--ema-decay"]),
+        (["--steps", "0"], ["--steps", ">= 1"]),
+        (["--image-size", "10", "--dim-mults", "1,2,2"], ["--image-size 10", "multiple of 4"]),
+        (["--attn-levels", "3"], ["--attn-levels", "out of range"]),
+        (["--groups", "3"], ["--groups 3"]),
+        (["--schedule", "quadratic"], ["--schedule", "linear, cosine"]),
+    ],
+)
+def test_out_of_range_options_are_one_line_usage_errors(tmp_path, capsys, args, needles):
+    code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "r"), *TINY, *args)
+    assert_one_line_error(code, err, 2, *needles)
+    assert not (tmp_path / "r").exists()  # nothing was started
+
+
+def test_data_errors(tmp_path, capsys):
+    code, _, err = run_cli(
+        capsys, "train", "--out", str(tmp_path / "r"), *TINY, "--data", str(tmp_path / "nope")
+    )
+    assert_one_line_error(code, err, 1, "no such file or folder")
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (12, 12), (200, 10, 10)).save(folder / "good.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    code, _, err = run_cli(
+        capsys, "train", "--out", str(tmp_path / "r"), *TINY, "--data", str(folder)
+    )
+    assert_one_line_error(code, err, 1, "cannot read image file", "broken.png")
+
+
+def test_config_file_and_run_folder_errors(tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"steps": 2, "learning_rate": 1e-3}))
+    code, _, err = run_cli(
+        capsys, "train", "--out", str(tmp_path / "r"), *TINY, "--config", str(config)
+    )
+    assert_one_line_error(code, err, 2, "unknown setting 'learning_rate'")
+
+    config.write_text(json.dumps({"steps": 2, "dim-mults": [1, 2]}))
+    run = tmp_path / "r"
+    code, _, err = run_cli(capsys, "train", "--out", str(run), *TINY, "--config", str(config))
+    assert code == 0, err
+    assert json.loads((run / "train_config.json").read_text())["steps"] == 2
+    code, _, err = run_cli(capsys, "train", "--out", str(run), *TINY)
+    assert_one_line_error(code, err, 2, "already holds a training run", "--resume")
+    code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "new"), "--resume")
+    assert_one_line_error(code, err, 2, "no run to resume")
+
+
+def test_sample_errors(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "sample", "--model", str(tmp_path / "nope"))
+    assert_one_line_error(code, err, 1)
+    code, _, err = run_cli(capsys, "sample", "--model", str(tmp_path), "--sampler", "euler")
+    assert_one_line_error(code, err, 2, "unknown sampler 'euler'", "ddim")
+    code, _, err = run_cli(capsys, "sample", "--model", str(tmp_path), "-n", "0")
+    assert_one_line_error(code, err, 2, "-n/--num")
+
+
+def test_console_entry_point_exits_non_zero_with_one_line(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "diffusionkit", "train", "--out", str(tmp_path / "r"),
+         "--data", "digits", "--timesteps", "1"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "--timesteps" in done.stderr
+    help_text = subprocess.run(
+        [sys.executable, "-m", "diffusionkit", "train", "--help"],
+        capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    for flag in ("--data", "--out", "--image-size", "--dim", "--dim-mults", "--schedule",
+                 "--timesteps", "--steps", "--batch-size", "--lr", "--ema-decay",
+                 "--precision", "--resume", "--seed", "--config"):  # fmt: skip
+        assert flag in help_text
