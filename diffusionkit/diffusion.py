@@ -526,7 +526,7 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
             coef = schedule.step_coefficients(i)
             a, b = coef.alpha_cumprod**0.5, (1.0 - coef.alpha_cumprod) ** 0.5
             t = t_dev[i].expand(batch)
-            repeats = inpaint.resample_jumps if inpaint is not None and i > 0 else 0
+            repeats = inpaint.resample_jumps if inpaint is not None and i > plan.stop else 0
             for repeat in range(repeats + 1):
                 if repeat:  # RePaint's jump back from t-1 to t (Lugmayr et al. 2022, Alg. 1)
                     x = Inpainting.jump_back(x, coef.alpha, coef.beta, generator)

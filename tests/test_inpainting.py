@@ -139,6 +139,12 @@ def test_resampling_repeats_every_step_but_the_last():
     called = [int(t[0]) for _, t in net.calls]
     assert seen == [99, 79, 59, 39, 19]  # one callback per step
     assert called == [99] * 3 + [79] * 3 + [59] * 3 + [39] * 3 + [19]
+    net.calls.clear()  # a chain that ends at a noisy x_e: its last step is not repeated either
+    model.reverse_sample(
+        (2, 1, 1, 2), x_known=KNOWN, mask=MASK, end_step=49, steps=2, resample_jumps=1,
+        progress=False,
+    )  # fmt: skip
+    assert [int(t[0]) for _, t in net.calls] == [99, 99, 74]
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "posterior-mean", DDIMSampler(0.0)])
