@@ -568,6 +568,18 @@ def run(args: argparse.Namespace) -> int:
                 flush=True,
             )
         result = trainer.train()
+    except KeyboardInterrupt:
+        kept = trainer.last_checkpoint
+        raise CLIError(
+            f"interrupted at step {trainer.step}; "
+            + (
+                f"the newest checkpoint ({kept.name}) is kept: continue with "
+                f"diffusionkit train --out {os.fspath(out)} --resume"
+                if kept is not None
+                else "no checkpoint had been written yet"
+            ),
+            130,
+        ) from None
     finally:
         trainer.close()
     if main:

@@ -637,10 +637,12 @@ class Trainer:
             if kept is not None
             else "no checkpoint had been written yet"
         )
+        advice = "a lower learning rate or gradient clipping"
+        if self.precision is not Precision.FP32:
+            advice += f", or precision fp32 instead of {self.precision.value}"
         message = (
             f"training stopped at step {step}: {what}. The bad update was not applied and no "
-            f"checkpoint was written after it; {where}. Try a lower learning rate, "
-            f"gradient clipping, or --precision fp32/bf16 instead of {self.precision.value}."
+            f"checkpoint was written after it; {where}. Try {advice}."
         )
         raise NonFiniteLossError(message, step=step, checkpoint=None if kept is None else str(kept))
 
