@@ -1,0 +1,397 @@
+"""Benchmark 4: sample quality at an equal training budget, on the 8x8 digits.
+
+Every configuration trains a U-Net of about 0.25M parameters (each library its own network:
+diffusionkit ``UNet``, diffusers ``UNet2DModel``, lucidrains ``Unet``) on the fixed stratified
+training split of ``benchmarks.quality.digits_split``, for the same number of optimizer steps
+at the same batch size, with the same optimizer (AdamW, constant learning rate, no EMA) and the
+same loop structure (draw a batch, the library's own loss, backward, step). At each checkpoint
+it draws ``n_samples`` images with the library's own full ancestral sampling chain and scores
+them against the held-out split with the project metric (``benchmarks.quality.score``: Frechet
+distance, KID, precision/recall in a small digits classifier's feature space). The reference
+scores of real training images and of a Gaussian fitted to the pixels are computed on the same
+scale.
+
+To fit 2 CPU cores, every configuration uses ``T = 100`` diffusion steps for training and
+sampling (sampling cost is ``T`` network calls per image; at ``T = 1000`` the samples alone would
+take hours). Linear schedules keep the DDPM paper's endpoints by scaling both ends by
+``1000 / T`` (improved-diffusion's and lucidrains' convention; diffusers leaves ``beta_start``
+and ``beta_end`` as given, so its configurations are given the scaled values explicitly).
+Each (configuration, seed) runs in its own worker process with one thread; ``threads`` workers
+run at once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from benchmarks.common import Context, n_params
+
+NAME = "quality"
+IMAGE = (1, 8, 8)
+#: diffusionkit's network: 252,545 parameters
+DK_NET: dict[str, Any] = {
+    "in_channels": 1,
+    "dim": 16,
+    "dim_mults": (1, 2),
+    "attns": (False, True),
+    "groups": 8,
+}
+#: the same architecture in diffusers (its own defaults otherwise): 252,545 parameters
+DIFFUSERS_NET: dict[str, Any] = {
+    "sample_size": 8,
+    "in_channels": 1,
+    "out_channels": 1,
+    "block_out_channels": (16, 32),
+    "layers_per_block": 2,
+    "down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
+    "up_block_types": ("AttnUpBlock2D", "UpBlock2D"),
+    "norm_num_groups": 8,
+    "attention_head_dim": None,
+}
+#: lucidrains' network of about the same size: 240,401 parameters
+LUCIDRAINS_NET: dict[str, Any] = {"dim": 16, "dim_mults": (1, 2), "channels": 1}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every configuration gets.
+
+    Attributes:
+        timesteps: diffusion steps ``T`` (training and sampling: full chains).
+        checkpoints: optimizer steps at which samples are drawn and scored (ascending).
+        batch: training batch size.
+        lr: AdamW learning rate (constant, weight decay 0, no EMA).
+        n_samples: images drawn and scored per checkpoint.
+        seeds: one run per seed (network init, data order, noise, sampling).
+    """
+
+    timesteps: int = 100
+    checkpoints: tuple[int, ...] = (500, 1000, 2000)
+    batch: int = 64
+    lr: float = 1e-3
+    n_samples: int = 1000
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+    def __post_init__(self) -> None:
+        if list(self.checkpoints) != sorted(set(self.checkpoints)) or self.checkpoints[0] < 1:
+            raise ValueError(f"checkpoints must be ascending positive ints, got {self.checkpoints}")
+        if self.n_samples < 2 or self.batch < 1 or self.timesteps < 2 or not self.seeds:
+            raise ValueError(f"bad budget {self}")
+
+
+FULL = Budget()
+QUICK = Budget(checkpoints=(150,), n_samples=500, seeds=(0,))
+
+
+# ---------------------------------------------------------------------------- contestants
+class Contestant(ABC):
+    """One library in one configuration: a network, its loss and its sampler."""
+
+    net: nn.Module
+
+    @abstractmethod
+    def loss(self, x0: Tensor, generator: torch.Generator) -> Tensor:
+        """The library's training loss on clean images ``x0`` ``(B, 1, 8, 8)`` in [-1, 1]."""
+
+    @abstractmethod
+    def sample(self, n: int, seed: int) -> Tensor:
+        """``n`` samples ``(n, 1, 8, 8)`` in [-1, 1] from the library's full sampling chain."""
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return self.net.parameters()
+
+
+class DiffusionkitContestant(Contestant):
+    """``DenoiseDiffusion.loss`` / ``reverse_sample(clip=True)``."""
+
+    def __init__(self, budget: Budget, seed: int, **diffusion_kwargs: Any) -> None:
+        from diffusionkit import DenoiseDiffusion, LinearSchedule, UNet
+
+        torch.manual_seed(seed)
+        self.net = UNet(**DK_NET)
+        diffusion_kwargs.setdefault("schedule", LinearSchedule(timesteps=budget.timesteps))
+        self.model = DenoiseDiffusion(self.net, **diffusion_kwargs)
+
+    def loss(self, x0: Tensor, generator: torch.Generator) -> Tensor:
+        return self.model.loss(x0, generator=generator)
+
+    def sample(self, n: int, seed: int) -> Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return self.model.reverse_sample((n, *IMAGE), generator=g, progress=False, clip=True)
+
+
+class DiffusersContestant(Contestant):
+    """The loop of diffusers' ``train_unconditional.py`` (``add_noise``, MSE) and ``DDPMPipeline``."""
+
+    def __init__(self, budget: Budget, seed: int, **scheduler_kwargs: Any) -> None:
+        from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+        torch.manual_seed(seed)
+        self.net = UNet2DModel(**DIFFUSERS_NET)
+        self.scheduler = DDPMScheduler(num_train_timesteps=budget.timesteps, **scheduler_kwargs)
+        self.pipe = DDPMPipeline(unet=self.net, scheduler=self.scheduler)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.timesteps = budget.timesteps
+
+    def loss(self, x0: Tensor, generator: torch.Generator) -> Tensor:
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(0, self.timesteps, (x0.shape[0],), generator=generator)
+        out = self.net(self.scheduler.add_noise(x0, noise, t), t).sample
+        if self.scheduler.config.prediction_type == "epsilon":
+            target = noise
+        else:  # "v_prediction"
+            target = self.scheduler.get_velocity(x0, noise, t)
+        return F.mse_loss(out, target)
+
+    def sample(self, n: int, seed: int) -> Tensor:
+        g = torch.Generator().manual_seed(seed)
+        images = self.pipe(
+            batch_size=n, generator=g, num_inference_steps=self.timesteps, output_type="pt"
+        ).images  # (n, 1, 8, 8) in [0, 1]
+        return images * 2 - 1
+
+
+class LucidrainsContestant(Contestant):
+    """``GaussianDiffusion.forward`` (its loss) and ``GaussianDiffusion.sample``."""
+
+    def __init__(self, budget: Budget, seed: int, **diffusion_kwargs: Any) -> None:
+        from benchmarks.quality.peers import import_lucidrains
+
+        Unet, GaussianDiffusion = import_lucidrains()
+        torch.manual_seed(seed)
+        self.net = Unet(**LUCIDRAINS_NET)
+        self.model = GaussianDiffusion(
+            self.net, image_size=IMAGE[-1], timesteps=budget.timesteps, **diffusion_kwargs
+        )
+        # lucidrains draws t and noise from the global RNG only
+        torch.manual_seed(seed + 1000)
+
+    def loss(self, x0: Tensor, generator: torch.Generator) -> Tensor:
+        return self.model((x0 + 1) / 2)  # it normalizes [0, 1] data to [-1, 1] itself
+
+    def sample(self, n: int, seed: int) -> Tensor:
+        state = torch.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            return self.model.sample(batch_size=n) * 2 - 1  # returns [0, 1]
+        finally:
+            torch.set_rng_state(state)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A named configuration of one library."""
+
+    label: str
+    library: str
+    settings: str  # what differs from the library's defaults, for the report
+    build: Callable[[Budget, int], Contestant] = field(repr=False, compare=False)
+
+
+def _scaled_linear(budget: Budget) -> dict[str, float]:
+    scale = 1000 / budget.timesteps  # the DDPM paper's endpoints 1e-4, 0.02 at T = 1000
+    return {"beta_start": 1e-4 * scale, "beta_end": 0.02 * scale}
+
+
+ENTRIES: dict[str, Entry] = {
+    e.label: e
+    for e in (
+        Entry(
+            "diffusionkit",
+            "diffusionkit",
+            "defaults: linear schedule, eps prediction, DDPM sampler with posterior variance",
+            lambda b, s: DiffusionkitContestant(b, s),
+        ),
+        Entry(
+            "diffusers",
+            "diffusers",
+            "defaults (eps, fixed_small variance, clip_sample) with the linear betas scaled to T",
+            lambda b, s: DiffusersContestant(b, s, **_scaled_linear(b)),
+        ),
+        Entry(
+            "lucidrains (defaults)",
+            "lucidrains",
+            "defaults: objective pred_v, sigmoid schedule, x0 clipped while sampling",
+            lambda b, s: LucidrainsContestant(b, s),
+        ),
+        Entry(
+            "lucidrains (matched)",
+            "lucidrains",
+            "matched: objective pred_noise, linear schedule",
+            lambda b, s: LucidrainsContestant(b, s, objective="pred_noise", beta_schedule="linear"),
+        ),
+    )
+}
+
+
+# ---------------------------------------------------------------------------- one run
+def train_and_score(label: str, seed: int, budget: Budget) -> dict[str, Any]:
+    """Train configuration ``label`` with ``seed`` and score it at every checkpoint."""
+    from benchmarks.quality import digits_split, score
+
+    torch.set_num_threads(1)
+    split = digits_split()
+    data = split.train_images
+    contestant = ENTRIES[label].build(budget, seed)
+    opt = torch.optim.AdamW(contestant.parameters(), lr=budget.lr, weight_decay=0.0)
+    data_g = torch.Generator().manual_seed(seed)
+    noise_g = torch.Generator().manual_seed(seed + 1000)
+    scores: dict[str, dict[str, float]] = {}
+    train_s = sample_s = 0.0
+    step = 0
+    for checkpoint in budget.checkpoints:
+        start = time.perf_counter()
+        contestant.net.train()
+        while step < checkpoint:
+            idx = torch.randint(0, data.shape[0], (budget.batch,), generator=data_g)
+            loss = contestant.loss(data[idx], noise_g)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"{label} seed {seed}: loss {loss.item()} at step {step}")
+        train_s += time.perf_counter() - start
+        start = time.perf_counter()
+        contestant.net.eval()
+        samples = contestant.sample(budget.n_samples, seed=10_000 + seed)
+        sample_s += time.perf_counter() - start
+        result = score(samples.clamp(-1, 1), split.test_images, seed=seed)
+        result["loss"] = loss.item()
+        scores[str(checkpoint)] = result
+    return {
+        "label": label,
+        "seed": seed,
+        "parameters": n_params(contestant.net),
+        "scores": scores,
+        "train_seconds": train_s,
+        "sample_seconds": sample_s,
+    }
+
+
+def _worker_init() -> None:
+    os.environ["TQDM_DISABLE"] = "1"
+    torch.set_num_threads(1)
+
+
+def _summary(values: list[float]) -> dict[str, Any]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "values": values,
+    }
+
+
+METRICS = ("fd", "kid", "precision", "recall")
+
+
+def aggregate(runs: list[dict[str, Any]], budget: Budget) -> dict[str, Any]:
+    """Per configuration and checkpoint: mean, std, min, max of every metric over seeds."""
+    out: dict[str, Any] = {}
+    for label in dict.fromkeys(r["label"] for r in runs):
+        mine = [r for r in runs if r["label"] == label]
+        out[label] = {
+            "library": ENTRIES[label].library if label in ENTRIES else label,
+            "settings": ENTRIES[label].settings if label in ENTRIES else "",
+            "parameters": mine[0]["parameters"],
+            "train_seconds": statistics.fmean(r["train_seconds"] for r in mine),
+            "sample_seconds": statistics.fmean(r["sample_seconds"] for r in mine),
+            "checkpoints": {
+                str(c): {m: _summary([r["scores"][str(c)][m] for r in mine]) for m in METRICS}
+                for c in budget.checkpoints
+            },
+        }
+    return out
+
+
+def verdict(configs: dict[str, Any], budget: Budget) -> dict[str, Any]:
+    """The target: diffusionkit's FD at the last checkpoint is no worse than the best peer's.
+
+    "Within the spread" means: diffusionkit's mean FD is at most the best peer configuration's
+    mean FD plus the larger of the two seed standard deviations.
+    """
+    last = str(budget.checkpoints[-1])
+    ours = configs["diffusionkit"]["checkpoints"][last]["fd"]
+    peers = {
+        k: v["checkpoints"][last]["fd"]
+        for k, v in configs.items()
+        if v["library"] != "diffusionkit"
+    }
+    if not peers:
+        return {"met": None}
+    best = min(peers, key=lambda k: peers[k]["mean"])
+    margin = max(ours["std"], peers[best]["std"])
+    return {
+        "checkpoint": int(last),
+        "diffusionkit_fd": ours["mean"],
+        "best_peer": best,
+        "best_peer_fd": peers[best]["mean"],
+        "margin": margin,
+        "met": ours["mean"] <= peers[best]["mean"] + margin,
+    }
+
+
+def run(
+    ctx: Context, budget: Budget | None = None, labels: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """Run benchmark 4 and return its results (JSON-serializable)."""
+    from benchmarks.quality import calibration
+
+    budget = budget or (QUICK if ctx.quick else FULL)
+    labels = labels or tuple(ENTRIES)
+    jobs = [(label, seed) for seed in budget.seeds for label in labels]
+    # longest first (lucidrains' network is the slowest), so the workers finish together
+    jobs.sort(key=lambda j: ENTRIES[j[0]].library != "lucidrains")
+    ctx.log(
+        f"quality: {len(jobs)} runs ({len(labels)} configurations x {len(budget.seeds)} seeds), "
+        f"{budget.checkpoints[-1]} steps at batch {budget.batch}, T={budget.timesteps}, "
+        f"{budget.n_samples} samples per checkpoint, {ctx.threads} workers"
+    )
+    start = time.perf_counter()
+    runs: list[dict[str, Any]] = []
+    pool = ProcessPoolExecutor(
+        ctx.threads, mp_context=get_context("spawn"), initializer=_worker_init
+    )
+    with pool:
+        futures = [pool.submit(train_and_score, label, seed, budget) for label, seed in jobs]
+        for future in futures:
+            r = future.result()
+            last = r["scores"][str(budget.checkpoints[-1])]
+            ctx.log(
+                f"  {r['label']} seed {r['seed']}: FD {last['fd']:.3f} KID {last['kid']:.4f} "
+                f"(train {r['train_seconds']:.0f} s, sample {r['sample_seconds']:.0f} s)"
+            )
+            runs.append(r)
+    configs = aggregate(runs, budget)
+    baselines = calibration("digits", n_samples=min(budget.n_samples, 1000), seed=0)
+    result = {
+        "budget": asdict(budget),
+        "networks": {
+            "diffusionkit": DK_NET,
+            "diffusers": DIFFUSERS_NET,
+            "lucidrains": LUCIDRAINS_NET,
+        },
+        "optimizer": f"AdamW(lr={budget.lr}, weight_decay=0), constant, no EMA, plain loop",
+        "configs": configs,
+        "baselines": {k: {m: v[m] for m in METRICS} for k, v in baselines.items()},
+        "wall_seconds": time.perf_counter() - start,
+        "runs": runs,
+    }
+    if "diffusionkit" in configs:
+        result["verdict"] = verdict(configs, budget)
+    return result

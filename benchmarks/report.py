@@ -1,0 +1,350 @@
+"""Turn benchmark results into ``latest.json``, a Markdown report, a PNG chart and doc sections.
+
+The JSON holds one section per benchmark, each with its own run metadata (command, machine,
+threads, load at start and end, time), so a partial re-run (``--only NAME``) replaces one
+section and keeps the others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "TARGETS",
+    "chart",
+    "load_results",
+    "markdown",
+    "replace_section",
+    "write_atomic",
+    "write_results",
+]
+
+FORMAT_VERSION = 1
+BEGIN, END = "<!-- benchmark-results:begin -->", "<!-- benchmark-results:end -->"
+
+#: the targets of issue 6, as stated to the reader
+TARGETS = {
+    "speed_ratio": 1.0,  # diffusionkit / diffusers time, forward and training step
+    "speed_ratio_aim": 0.9,
+    "conv_peak_fraction": 0.8,  # achieved GFLOP/s at batch 16 over the measured conv peak
+    "overhead_pct": {"b1": 1.0, "b64": 0.5},
+}
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are for everyone to read
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """The results file at ``path``, or an empty one."""
+    if path.exists():
+        results = json.loads(path.read_text())
+        if results.get("format_version") == FORMAT_VERSION:
+            return results
+    return {"format_version": FORMAT_VERSION, "benchmarks": {}}
+
+
+# ---------------------------------------------------------------------------- Markdown
+def _ms(timing: dict[str, Any]) -> str:
+    return (
+        f"{timing['median_s'] * 1e3:.1f} ({timing['min_s'] * 1e3:.1f}-{timing['max_s'] * 1e3:.1f})"
+    )
+
+
+def _mark(ok: bool | None) -> str:
+    return {True: "met", False: "**not met**", None: "n/a"}[ok]
+
+
+def _meta_line(meta: dict[str, Any]) -> str:
+    m = meta["machine"]
+    return (
+        f"*{meta['finished'][:16].replace('T', ' ')} UTC, {m['cpu']} ({m['cpu_count']} cores), "
+        f"{m['torch_threads']} torch threads, torch {m['versions']['torch']}, "
+        f"diffusers {m['versions']['diffusers']}, denoising-diffusion-pytorch "
+        f"{m['versions']['denoising-diffusion-pytorch']}; load average {meta['load_start']} at "
+        f"start, {meta['load_end']} at end; `{meta['command']}`"
+        + (" (quick: not for comparison)" if meta.get("quick") else "")
+        + "*"
+    )
+
+
+def _speed_md(r: dict[str, Any]) -> list[str]:
+    peaks = r["peaks"]
+    lines = [
+        f"DDPM CIFAR-10 U-Net ({r['parameters']:,} parameters), same weights in both libraries "
+        f"(max output difference {r['max_abs_output_diff']:.1e}); milliseconds, median (min-max) "
+        f"of {r['repeats']} alternating runs. Measured fp32 peaks: matmul "
+        f"{peaks['matmul_peak_gflops']:.0f} GFLOP/s, 3x3 conv {peaks['conv_peak_gflops']:.0f} "
+        "GFLOP/s.",
+        "",
+        "| case | diffusers ms | diffusionkit ms | ratio dk/diffusers | diffusionkit GFLOP/s | "
+        "of conv peak | target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in r["cases"]:
+        ok = c["ratio"] <= TARGETS["speed_ratio"]
+        target = f"ratio <= 1.0: {_mark(ok)}"
+        if c["batch"] == 16:
+            peak_ok = c["fraction_of_conv_peak"] >= TARGETS["conv_peak_fraction"]
+            target += f"; >= 80% of peak: {_mark(peak_ok)}"
+        lines.append(
+            f"| {c['case']} | {_ms(c['timings']['diffusers'])} | "
+            f"{_ms(c['timings']['diffusionkit'])} | {c['ratio']:.3f} | "
+            f"{c['diffusionkit_gflops']:.0f} | {c['fraction_of_conv_peak']:.0%} | {target} |"
+        )
+    for v in r.get("variants", []):
+        lines.append(
+            f"| {v['case']} | | {_ms(v['timing'])} | {v['ratio']:.3f} | "
+            f"{v['gflops']:.0f} | {v['fraction_of_conv_peak']:.0%} | opt-in |"
+        )
+    return lines
+
+
+def _overhead_md(r: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Full {r['steps']}-step ancestral chains, 32x32x3, ~1M-parameter U-Nets; overhead = "
+        "(sampling time - network time) / network time, network time accumulated by forward "
+        f'hooks; median (min-max) of {r["repeats"]} alternating runs. "replay": against a bare '
+        "loop of the same number of network calls.",
+        "",
+        "| batch | library | parameters | ms per step | overhead % | overhead ms per step | "
+        "vs replay % | target |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for batch, case in r["cases"].items():
+        for name, c in case.items():
+            if name.startswith("_"):
+                continue
+            target = ""
+            if name == "diffusionkit":
+                limit = TARGETS["overhead_pct"][batch]
+                target = f"<= {limit}%: {_mark(c['overhead_pct'] <= limit)}"
+            lines.append(
+                f"| {batch[1:]} | {name} | {c['parameters']:,} | {c['ms_per_step']:.2f} | "
+                f"{c['overhead_pct']:.2f} ({c['overhead_pct_min']:.2f} to "
+                f"{c['overhead_pct_max']:.2f}) | {c['overhead_ms_per_step']:.3f} | "
+                f"{c['overhead_pct_vs_replay']:.2f} | {target} |"
+            )
+    return lines
+
+
+def _memory_md(r: dict[str, Any]) -> list[str]:
+    cuda = any("cuda_peak_mb" in row for row in r["rows"])
+    lines = [
+        f"Each row in a fresh process. train: {r['train_steps']} AdamW steps; sample: the full "
+        f'chain of a {r["sample_steps"]}-step schedule. Peak RSS in MB; "workload" = peak - RSS '
+        "before the workload (libraries, weights and optimizer state loaded).",
+        "",
+        "| model | phase | batch | library | peak RSS | workload | seconds |"
+        + (" CUDA peak |" if cuda else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if cuda else ""),
+    ]
+    for row in r["rows"]:
+        line = (
+            f"| {row['model']} | {row['phase']} | {row['batch']} | {row['library']} | "
+            f"{row['peak_rss_mb']:.0f} | {row['workload_rss_mb']:.0f} | {row['seconds']:.1f} |"
+        )
+        if cuda:
+            line += f" {row.get('cuda_peak_mb', float('nan')):.0f} |"
+        lines.append(line)
+    return lines
+
+
+def _quality_md(r: dict[str, Any]) -> list[str]:
+    b = r["budget"]
+    checkpoints = [str(c) for c in b["checkpoints"]]
+    last = checkpoints[-1]
+    lines = [
+        f"8x8 digits, {b['batch']} images per step, T = {b['timesteps']} diffusion steps (full "
+        f"chains), {b['n_samples']} samples per checkpoint scored against the 540 held-out "
+        f"digits; {r['optimizer']}; mean +- std over seeds {b['seeds']}. Frechet distance (FD) "
+        "and KID in the feature space of the shipped digits classifier (lower is better); "
+        "precision / recall (higher is better).",
+        "",
+        "| configuration | params | "
+        + " | ".join(f"FD @{c}" for c in checkpoints)
+        + f" | KID @{last} | precision @{last} | recall @{last} |",
+        "|---|---|" + "---|" * (len(checkpoints) + 3),
+    ]
+    for label, c in r["configs"].items():
+        cells = [
+            f"{c['checkpoints'][k]['fd']['mean']:.3f} +- {c['checkpoints'][k]['fd']['std']:.3f}"
+            for k in checkpoints
+        ]
+        end = c["checkpoints"][last]
+        lines.append(
+            f"| {label} | {c['parameters']:,} | "
+            + " | ".join(cells)
+            + f" | {end['kid']['mean']:.4f} | {end['precision']['mean']:.2f} | "
+            f"{end['recall']['mean']:.2f} |"
+        )
+    for name, s in r["baselines"].items():
+        blank = " | ".join([""] * (len(checkpoints) - 1))
+        lines.append(
+            f"| *baseline: {name}* | | {blank} | {s['fd']:.3f} | {s['kid']:.4f} | "
+            f"{s['precision']:.2f} | {s['recall']:.2f} |"
+        )
+    lines.append("")
+    lines.append(
+        "Settings: " + "; ".join(f"**{k}**: {c['settings']}" for k, c in r["configs"].items()) + "."
+    )
+    v = r.get("verdict")
+    if v and v.get("met") is not None:
+        lines += [
+            "",
+            f"Target (FD at {v['checkpoint']} steps no worse than the best peer within the "
+            f"spread): diffusionkit {v['diffusionkit_fd']:.3f} vs {v['best_peer']} "
+            f"{v['best_peer_fd']:.3f} (+- {v['margin']:.3f}): {_mark(v['met'])}.",
+        ]
+    return lines
+
+
+_SECTIONS = {
+    "speed": ("1. Network speed, same weights", _speed_md),
+    "sampling_overhead": ("2. Sampling loop overhead", _overhead_md),
+    "memory": ("3. Peak memory", _memory_md),
+    "quality": ("4. Quality at equal budget", _quality_md),
+}
+
+
+def markdown(results: dict[str, Any], heading: str = "###") -> str:
+    """The Markdown report of every benchmark section present in ``results``."""
+    parts: list[str] = []
+    for name, (title, render) in _SECTIONS.items():
+        section = results["benchmarks"].get(name)
+        if section is None:
+            continue
+        parts += [
+            f"{heading} {title}",
+            "",
+            *render(section["result"]),
+            "",
+            _meta_line(section["meta"]),
+            "",
+        ]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+# ---------------------------------------------------------------------------- chart
+def chart(results: dict[str, Any], path: Path) -> None:
+    """A small 2x2 PNG: speed ratios, sampling overhead, memory, quality vs steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bench = results["benchmarks"]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    ax = axes[0][0]
+    if "speed" in bench:
+        cases = bench["speed"]["result"]["cases"]
+        names = [c["case"] for c in cases]
+        ratios = [c["ratio"] for c in cases]
+        ax.bar(names, ratios, color="tab:blue")
+        ax.axhline(1.0, color="k", lw=1)
+        ax.axhline(0.9, color="k", lw=1, ls="--")
+        for i, r in enumerate(ratios):
+            ax.text(i, r, f"{r:.2f}", ha="center", va="bottom", fontsize=9)
+        ax.set_ylabel("time diffusionkit / diffusers")
+        ax.set_title("1. CIFAR-10 U-Net, same weights (lower is faster)", fontsize=10)
+    ax = axes[0][1]
+    if "sampling_overhead" in bench:
+        cases = bench["sampling_overhead"]["result"]["cases"]
+        libs = [k for k in next(iter(cases.values())) if not k.startswith("_")]
+        width = 0.8 / len(libs)
+        for j, lib in enumerate(libs):
+            xs = [i + j * width for i in range(len(cases))]
+            ax.bar(xs, [cases[b][lib]["overhead_pct"] for b in cases], width, label=lib)
+        ax.set_xticks([i + width * (len(libs) - 1) / 2 for i in range(len(cases))])
+        ax.set_xticklabels([f"batch {b[1:]}" for b in cases])
+        ax.set_ylabel("loop overhead, % of network time")
+        ax.set_title("2. Sampling loop overhead", fontsize=10)
+        ax.legend(fontsize=8)
+    ax = axes[1][0]
+    if "memory" in bench:
+        rows = bench["memory"]["result"]["rows"]
+        labels = [f"{r['model']} {r['phase']}\n{r['library']}" for r in rows]
+        colors = {"diffusers": "tab:orange", "diffusionkit": "tab:blue", "lucidrains": "tab:green"}
+        ax.barh(
+            labels,
+            [r["workload_rss_mb"] for r in rows],
+            color=[colors.get(r["library"], "grey") for r in rows],
+        )
+        ax.invert_yaxis()
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_xlabel("peak RSS added by the workload (MB)")
+        ax.set_title("3. Peak memory", fontsize=10)
+    ax = axes[1][1]
+    if "quality" in bench:
+        q = bench["quality"]["result"]
+        steps = q["budget"]["checkpoints"]
+        for label, c in q["configs"].items():
+            fd = [c["checkpoints"][str(s)]["fd"] for s in steps]
+            mean = [f["mean"] for f in fd]
+            err = [
+                [m - f["min"] for m, f in zip(mean, fd, strict=True)],
+                [f["max"] - m for m, f in zip(mean, fd, strict=True)],
+            ]
+            ax.errorbar(steps, mean, yerr=err, marker="o", capsize=3, label=label)
+        styles = {"train real": ":", "fitted gaussian": "--"}
+        for name, style in styles.items():
+            if name in q["baselines"]:
+                ax.axhline(
+                    q["baselines"][name]["fd"],
+                    color="grey",
+                    ls=style,
+                    lw=1,
+                    label=f"baseline: {name}",
+                )
+        ax.set_yscale("log")
+        ax.set_xlabel("training steps")
+        ax.set_ylabel("Frechet distance (classifier features)")
+        ax.set_title("4. Digits 8x8: quality at equal budget", fontsize=10)
+        ax.legend(fontsize=7)
+    for ax in axes.flat:
+        if not ax.has_data():
+            ax.axis("off")  # a benchmark that has not run yet
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd_, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd_)
+    try:
+        fig.savefig(tmp, dpi=72)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- files
+def replace_section(text: str, body: str) -> str:
+    """``text`` with everything between the result markers replaced by ``body``."""
+    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
+    if not pattern.search(text):
+        raise ValueError(f"no {BEGIN} ... {END} markers in the document")
+    return pattern.sub(lambda _: f"{BEGIN}\n{body.rstrip()}\n{END}", text)
+
+
+def write_results(results: dict[str, Any], out_dir: Path, stem: str = "latest") -> dict[str, Path]:
+    """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``out_dir``."""
+    paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("json", "md", "png")}
+    write_atomic(paths["json"], json.dumps(results, indent=1, sort_keys=True) + "\n")
+    write_atomic(paths["md"], markdown(results, heading="##"))
+    chart(results, paths["png"])
+    return paths

@@ -1,0 +1,125 @@
+"""Run the benchmarks of diffusionkit against diffusers and denoising-diffusion-pytorch.
+
+Usage (from the repository root, with the ``benchmarks`` extra installed)::
+
+    python benchmarks/run.py                 # everything, results in benchmarks/results/latest.*
+    python benchmarks/run.py --quick         # a few minutes; results in benchmarks/results/quick.*
+    python benchmarks/run.py --only speed    # one benchmark (speed, sampling_overhead, memory, quality)
+
+Full runs also refresh the result sections of ``benchmarks/README.md`` and
+``docs/performance.md``. Timings are meaningless on a busy machine: ``--wait-quiet`` waits until
+the 1-minute load average drops below a threshold before starting, and every section records the
+load at its start and end.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Progress bars off in every library (tqdm reads this when it is first imported), so that no
+# library pays for one in the timings. Before any import that may import tqdm.
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import argparse
+import datetime
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from benchmarks import memory, quality_budget, report, sampling_overhead, speed  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    Context,
+    load_average,
+    machine_info,
+    python_command,
+    set_threads,
+)
+
+BENCHMARKS = {m.NAME: m for m in (speed, sampling_overhead, memory, quality_budget)}
+DOCS = (ROOT / "benchmarks" / "README.md", ROOT / "docs" / "performance.md")
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def wait_for_quiet(threshold: float, max_wait: float, log) -> float:
+    """Wait until the 1-minute load average is below ``threshold`` (at most ``max_wait`` s)."""
+    deadline = time.monotonic() + max_wait
+    load = load_average()
+    while load > threshold and time.monotonic() < deadline:
+        log(f"load average {load} > {threshold}: waiting")
+        time.sleep(30)
+        load = load_average()
+    return load
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="short variant (a few minutes)")
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: one per core)"
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--no-docs", action="store_true", help="do not refresh README/docs tables")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        metavar="LOAD",
+        default=None,
+        help="wait until the load average is below LOAD before each benchmark",
+    )
+    parser.add_argument("--max-wait", type=float, default=3600.0, help="seconds to wait at most")
+    args = parser.parse_args(argv)
+
+    threads = set_threads(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # for child processes (memory benchmark)
+    device = torch.device(args.device)
+    ctx = Context(quick=args.quick, device=device, threads=threads, out_dir=args.out)
+    machine = machine_info(device)
+    ctx.log(
+        f"machine: {machine['cpu']}, {machine['cpu_count']} cores, {threads} torch threads, {device}"
+    )
+    ctx.log(f"versions: {machine['versions']}")
+
+    stem = "quick" if args.quick else "latest"
+    results = report.load_results(args.out / f"{stem}.json")
+    for name in args.only or list(BENCHMARKS):
+        if args.wait_quiet is not None:
+            wait_for_quiet(args.wait_quiet, args.max_wait, ctx.log)
+        meta = {
+            "command": python_command(),
+            "quick": args.quick,
+            "machine": machine_info(device),
+            "started": _now(),
+            "load_start": load_average(),
+        }
+        ctx.log(f"== {name} (load average {meta['load_start']})")
+        start = time.perf_counter()
+        result = BENCHMARKS[name].run(ctx)
+        meta.update(finished=_now(), load_end=load_average(), seconds=time.perf_counter() - start)
+        ctx.log(f"== {name} done in {meta['seconds']:.0f} s (load average {meta['load_end']})")
+        results["benchmarks"][name] = {"meta": meta, "result": result}
+        paths = report.write_results(results, args.out, stem)  # after each: a crash keeps the rest
+    ctx.log(f"results: {', '.join(str(p) for p in paths.values())}")
+    if not args.quick and not args.no_docs:
+        table = report.markdown(results, heading="###")
+        for doc in DOCS:
+            if doc.exists():
+                report.write_atomic(doc, report.replace_section(doc.read_text(), table))
+                ctx.log(f"updated {doc.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
