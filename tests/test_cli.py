@@ -46,6 +46,8 @@ def test_train_sample_resume_push_end_to_end(tmp_path, capsys, hub_tokens):
         "step-00000003",
     ]
     assert json.loads((run / "train_config.json").read_text())["image_size"] == 8
+    # the model samples with x0 clipping (saved with it), which the cosine schedule needs
+    assert json.loads((run / "config.json").read_text())["sampler"]["config"]["clip_x0"] is True
     assert "done: 3 steps" in out
 
     grid, gif = tmp_path / "s.png", tmp_path / "d.gif"

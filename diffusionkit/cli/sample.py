@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 from pathlib import Path
@@ -39,7 +40,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--out", default="samples.png", metavar="FILE", help="grid image to write (PNG)"
     )
     names = ", ".join(n for n in SAMPLERS.names() if n.islower())
-    parser.add_argument("--sampler", default="ddpm", metavar="NAME", help=f"reverse step: {names}")
+    parser.add_argument(
+        "--sampler",
+        default=None,
+        metavar="NAME",
+        help=f"reverse step: {names} (default: the model's own sampler, saved with it)",
+    )
+    parser.add_argument(
+        "--no-clip-x0",
+        action="store_true",
+        help="with --sampler: do not clip the estimate of the clean image to [-1, 1] at each "
+        "step (clipping is on by default; it avoids blank samples with cosine schedules)",
+    )
     parser.add_argument(
         "--steps",
         type=positive_int(1),
@@ -104,18 +116,27 @@ def _check_local(model_ref: str) -> None:
         raise CLIError(f"{folder} holds no model (no config.json)")
 
 
+def _build_sampler(name: str, clip_x0: bool) -> Any:
+    """The sampler registered as ``name``, clipping ``x0_hat`` if it can and ``clip_x0``."""
+    from diffusionkit.samplers import SAMPLERS
+
+    try:
+        cls = SAMPLERS.get(name)
+    except KeyError as error:
+        raise CLIError(f"--sampler: {error.args[0]}", EXIT_USAGE) from None
+    if "clip_x0" in inspect.signature(cls).parameters:
+        return cls(clip_x0=clip_x0)  # type: ignore[call-arg]
+    return cls()
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``diffusionkit sample``; returns the exit status."""
     import torch
 
     from diffusionkit import DenoiseDiffusion
-    from diffusionkit.samplers import SAMPLERS
     from diffusionkit.utils import FrameRecorder, save_gif, save_grid
 
-    try:
-        sampler = SAMPLERS.get(args.sampler)()
-    except KeyError as error:
-        raise CLIError(f"--sampler: {error.args[0]}", EXIT_USAGE) from None
+    sampler = None if args.sampler is None else _build_sampler(args.sampler, not args.no_clip_x0)
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -149,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     scale = max(1, 64 // size)
     out = save_grid(samples, args.out, nrow=nrow, scale=scale)
     print(
-        f"wrote {out}: {args.num} samples {size}x{size}, sampler {args.sampler}, "
+        f"wrote {out}: {args.num} samples {size}x{size}, {sampler or model.sampler}, "
         f"{steps or model.timesteps} steps, seed {args.seed}"
     )
     if recorder is not None:

