@@ -125,7 +125,21 @@ def run_page(page: Path) -> list[str]:
     return skipped
 
 
-RUNNABLE = [p for p in PAGES if python_blocks(p)]
+def _distinct_pages(pages: list[Path]) -> list[Path]:
+    """Pages with Python blocks, leaving out a page whose blocks repeat an earlier page's
+    exactly (the README and the home page share their quickstart): running them twice would
+    test nothing new."""
+    seen: set[tuple[tuple[str, tuple[tuple[str, str], ...]], ...]] = set()
+    distinct = []
+    for page in pages:
+        key = tuple((b.code, b.replacements) for b in python_blocks(page))
+        if key and key not in seen:
+            seen.add(key)
+            distinct.append(page)
+    return distinct
+
+
+RUNNABLE = _distinct_pages(PAGES)
 SKIPPED_BLOCKS = [b for p in RUNNABLE for b in python_blocks(p) if b.requirement is not None]
 
 
