@@ -60,17 +60,6 @@ class DistributedContext:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out / self.world_size
 
-    def all_true(self, flag: bool) -> bool:
-        """True when ``flag`` is true on every process."""
-        if not self.enabled:
-            return flag
-        t = torch.tensor([0 if flag else 1], dtype=torch.int64, device=self._comm_device())
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return int(t.item()) == 0
-
-    def _comm_device(self) -> torch.device:
-        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
-
     def shutdown(self) -> None:
         """Destroy the process group if this context created it."""
         if self.owns_group and dist.is_initialized():
