@@ -38,7 +38,7 @@ def tiny_data(n: int = 20, seed: int = 1) -> Tensor:
     return torch.rand(n, 1, 8, 8, generator=g) * 2 - 1
 
 
-QUIET = dict(progress=False, sample_every=0, export=False)
+QUIET = dict(progress=False, sample_every=0, sample_count=4, export=False)
 
 
 def state_of(trainer: Trainer) -> dict[str, Tensor]:
