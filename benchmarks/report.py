@@ -214,11 +214,29 @@ def _quality_md(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _levers_md(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "Time of each lever relative to diffusionkit's default on the same weights and inputs "
+        f"(median of {r['repeats']}+ alternating runs; below 1 = faster).",
+        "",
+        "| case | default ms | lever: time / default |",
+        "|---|---|---|",
+    ]
+    for case, c in r["cases"].items():
+        ratios = ", ".join(
+            f"{k} {v:.3f}" for k, v in c["ratio_to_default"].items() if k != "default"
+        )
+        extra = f" (compiling took {c['compile_seconds']:.0f} s)" if "compile_seconds" in c else ""
+        lines.append(f"| {case} | {c['median_ms']['default']:.2f} | {ratios}{extra} |")
+    return lines
+
+
 _SECTIONS = {
     "speed": ("1. Network speed, same weights", _speed_md),
     "sampling_overhead": ("2. Sampling loop overhead", _overhead_md),
     "memory": ("3. Peak memory", _memory_md),
     "quality": ("4. Quality at equal budget", _quality_md),
+    "levers": ("Performance levers", _levers_md),
 }
 
 

@@ -4,7 +4,7 @@ Usage (from the repository root, with the ``benchmarks`` extra installed)::
 
     python benchmarks/run.py                 # everything, results in benchmarks/results/latest.*
     python benchmarks/run.py --quick         # a few minutes; results in benchmarks/results/quick.*
-    python benchmarks/run.py --only speed    # one benchmark (speed, sampling_overhead, memory, quality)
+    python benchmarks/run.py --only speed    # one of: speed, sampling_overhead, memory, quality, levers
 
 Full runs also refresh the result sections of ``benchmarks/README.md`` and
 ``docs/performance.md``. Timings are meaningless on a busy machine: ``--wait-quiet`` waits until
@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from benchmarks import memory, quality_budget, report, sampling_overhead, speed  # noqa: E402
+from benchmarks import levers, memory, quality_budget, report, sampling_overhead, speed  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     Context,
     load_average,
@@ -41,8 +41,10 @@ from benchmarks.common import (  # noqa: E402
     set_threads,
 )
 
-BENCHMARKS = {m.NAME: m for m in (speed, sampling_overhead, memory, quality_budget)}
+BENCHMARKS = {m.NAME: m for m in (speed, sampling_overhead, memory, quality_budget, levers)}
+RESULTS = ROOT / "benchmarks" / "results"
 DOCS = (ROOT / "benchmarks" / "README.md", ROOT / "docs" / "performance.md")
+DOCS_CHART = ROOT / "docs" / "assets" / "performance.png"  # the docs site cannot reach results/
 
 
 def _now() -> str:
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=None, help="torch threads (default: one per core)"
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-docs", action="store_true", help="do not refresh README/docs tables")
     parser.add_argument(
         "--wait-quiet",
@@ -112,12 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         results["benchmarks"][name] = {"meta": meta, "result": result}
         paths = report.write_results(results, args.out, stem)  # after each: a crash keeps the rest
     ctx.log(f"results: {', '.join(str(p) for p in paths.values())}")
-    if not args.quick and not args.no_docs:
+    # only a full run into the committed results folder speaks for the project
+    if not args.quick and not args.no_docs and args.out.resolve() == RESULTS.resolve():
         table = report.markdown(results, heading="###")
         for doc in DOCS:
             if doc.exists():
                 report.write_atomic(doc, report.replace_section(doc.read_text(), table))
                 ctx.log(f"updated {doc.relative_to(ROOT)}")
+        report.write_atomic(DOCS_CHART, paths["png"].read_bytes())
     return 0
 
 
