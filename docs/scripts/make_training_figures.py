@@ -13,7 +13,7 @@ Figures:
   model learns;
 * ``training_loss.png``: the loss from ``metrics.jsonl``, log scale;
 * ``samples.png``: 64 samples of the finished model (EMA weights), the full chain;
-* ``denoise.gif``: 16 samples denoising over the full chain, 25 frames.
+* ``denoise.gif``: 16 samples denoising over the full chain, 20 frames.
 
 Deterministic: fixed seeds, and PNG metadata without dates. Runs in about a minute on a
 2-core CPU for the main job's model (250 steps).
@@ -98,7 +98,7 @@ def draw_gif(model: DenoiseDiffusion, shape: tuple[int, ...], out: Path, seed: i
     chain = model.reverse_sample(
         shape, generator=torch.Generator().manual_seed(seed), return_intermediates=True, clip=True
     )
-    frames = trajectory_frames(chain, frames=25, nrow=4)  # noise frames do not compress
+    frames = trajectory_frames(chain, frames=20, nrow=4)  # noisy frames compress badly: keep few
     save_gif(frames, out, duration_ms=100, hold_last_ms=2000, scale=3)
 
 
