@@ -3,9 +3,10 @@
 Every configuration trains a U-Net of about 0.25M parameters (each library its own network:
 diffusionkit ``UNet``, diffusers ``UNet2DModel``, lucidrains ``Unet``) on the fixed stratified
 training split of ``benchmarks.quality.digits_split``, for the same number of optimizer steps
-at the same batch size, with the same optimizer (AdamW, constant learning rate, no EMA) and the
-same loop structure (draw a batch, the library's own loss, backward, step). At each checkpoint
-it draws ``n_samples`` images with the library's own full ancestral sampling chain and scores
+at the same batch size, with the same optimizer (AdamW, constant learning rate) and the same
+loop structure (draw a batch, the library's own loss, backward, step, update an exponential
+moving average of the weights). At each checkpoint it draws ``n_samples`` images from the
+averaged weights with the library's own full ancestral sampling chain and scores
 them against the held-out split with the project metric (``benchmarks.quality.score``: Frechet
 distance, KID, precision/recall in a small digits classifier's feature space). The reference
 scores of real training images and of a Gaussian fitted to the pixels are computed on the same
@@ -29,6 +30,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from typing import Any
@@ -73,7 +75,11 @@ class Budget:
         timesteps: diffusion steps ``T`` (training and sampling: full chains).
         checkpoints: optimizer steps at which samples are drawn and scored (ascending).
         batch: training batch size.
-        lr: AdamW learning rate (constant, weight decay 0, no EMA).
+        lr: AdamW learning rate (constant, weight decay 0).
+        ema_decay: decay of the weights' exponential moving average, with the usual warm-up
+            ``min(ema_decay, (1 + n) / (10 + n))`` after ``n`` updates; samples come from it
+            (both peers' training scripts sample from an EMA; without one, a checkpoint's
+            quality depends mostly on its last few updates).
         n_samples: images drawn and scored per checkpoint.
         seeds: one run per seed (network init, data order, noise, sampling).
     """
@@ -82,6 +88,7 @@ class Budget:
     checkpoints: tuple[int, ...] = (500, 1000, 2000)
     batch: int = 64
     lr: float = 1e-3
+    ema_decay: float = 0.995
     n_samples: int = 1000
     seeds: tuple[int, ...] = (0, 1, 2)
 
@@ -246,7 +253,9 @@ def train_and_score(label: str, seed: int, budget: Budget) -> dict[str, Any]:
     split = digits_split()
     data = split.train_images
     contestant = ENTRIES[label].build(budget, seed)
-    opt = torch.optim.AdamW(contestant.parameters(), lr=budget.lr, weight_decay=0.0)
+    params = list(contestant.parameters())
+    opt = torch.optim.AdamW(params, lr=budget.lr, weight_decay=0.0)
+    ema = [p.detach().clone() for p in params]
     data_g = torch.Generator().manual_seed(seed)
     noise_g = torch.Generator().manual_seed(seed + 1000)
     scores: dict[str, dict[str, float]] = {}
@@ -262,12 +271,17 @@ def train_and_score(label: str, seed: int, budget: Budget) -> dict[str, Any]:
             loss.backward()
             opt.step()
             step += 1
+            decay = min(budget.ema_decay, (1.0 + step) / (10.0 + step))
+            with torch.no_grad():
+                for e, p in zip(ema, params, strict=True):
+                    e.lerp_(p, 1.0 - decay)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"{label} seed {seed}: loss {loss.item()} at step {step}")
         train_s += time.perf_counter() - start
         start = time.perf_counter()
         contestant.net.eval()
-        samples = contestant.sample(budget.n_samples, seed=10_000 + seed)
+        with _swapped(params, ema):
+            samples = contestant.sample(budget.n_samples, seed=10_000 + seed)
         sample_s += time.perf_counter() - start
         result = score(samples.clamp(-1, 1), split.test_images, seed=seed)
         result["loss"] = loss.item()
@@ -280,6 +294,21 @@ def train_and_score(label: str, seed: int, budget: Budget) -> dict[str, Any]:
         "train_seconds": train_s,
         "sample_seconds": sample_s,
     }
+
+
+@contextmanager
+def _swapped(params: list[nn.Parameter], values: list[Tensor]) -> Iterator[None]:
+    """Give ``params`` the ``values`` (e.g. EMA weights) for the duration of the block."""
+    saved = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, v in zip(params, values, strict=True):
+            p.copy_(v)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, v in zip(params, saved, strict=True):
+                p.copy_(v)
 
 
 def _worker_init() -> None:
@@ -386,7 +415,8 @@ def run(
             "diffusers": DIFFUSERS_NET,
             "lucidrains": LUCIDRAINS_NET,
         },
-        "optimizer": f"AdamW(lr={budget.lr}, weight_decay=0), constant, no EMA, plain loop",
+        "optimizer": f"AdamW(lr={budget.lr}, weight_decay=0), constant, EMA decay "
+        f"{budget.ema_decay} with warm-up, plain loop",
         "configs": configs,
         "baselines": {k: {m: v[m] for m in METRICS} for k, v in baselines.items()},
         "wall_seconds": time.perf_counter() - start,

@@ -241,3 +241,46 @@ def test_replace_section_keeps_the_rest_of_the_document():
     assert new == f"intro\n{report.BEGIN}\nnew table\n{report.END}\noutro\n"
     with pytest.raises(ValueError, match="markers"):
         report.replace_section("no markers here", "x")
+
+
+# ---------------------------------------------------------------------------- layout lever
+# The speed benchmark relies on UNet storing its convolutions channels_last from 32 channels up
+# (docs/performance.md); a reloaded network must keep that layout and so compute bit for bit the
+# same outputs as the saved one.
+def _layout_net(dim: int) -> nn.Module:
+    from diffusionkit import UNet
+
+    torch.manual_seed(0)
+    return UNet(in_channels=3, dim=dim, dim_mults=(1, 2), attns=(False, True), groups=8)
+
+
+def test_wide_unet_stores_convolutions_channels_last_and_returns_nchw():
+    net = _layout_net(32).eval()
+    assert net.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not net.conv_in.weight.is_contiguous()
+    x, t = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([1, 9])
+    nchw = _layout_net(32).eval().to(memory_format=torch.contiguous_format)
+    with torch.inference_mode():
+        out = net(x, t)
+        ref = nchw(x, t)
+    assert out.is_contiguous()  # plain NCHW for the sampler's arithmetic
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)  # same function, other layout
+    assert _layout_net(16).conv_in.weight.is_contiguous()  # narrow nets stay NCHW
+
+
+@pytest.mark.parametrize("assign", [False, True])
+def test_reloaded_unet_keeps_the_layout_and_computes_identically(assign):
+    net = _layout_net(32).eval()
+    state = {k: v.contiguous().clone() for k, v in net.state_dict().items()}  # as from a file
+    if assign:
+        with torch.device("meta"):
+            loaded = _layout_net(32)
+    else:
+        loaded = _layout_net(32)
+        torch.nn.init.zeros_(loaded.conv_in.weight)
+    loaded.load_state_dict(state, strict=True, assign=assign)
+    loaded.eval()
+    assert loaded.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    x, t = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([1, 9])
+    with torch.inference_mode():
+        assert torch.equal(net(x, t), loaded(x, t))
