@@ -470,3 +470,17 @@ def test_a_crash_while_publishing_never_loads_mixed_weights(
     monkeypatch.undo()
     with pytest.raises(CheckpointError, match="does not match the sha256"):
         DenoiseDiffusion.from_pretrained(saved)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_a_saved_folder_is_readable_like_any_other(tmp_path: Path) -> None:
+    # the staging folder is private while it is written (mkdtemp: 0700), the result is not
+    old = os.umask(0o022)
+    try:
+        tiny_model().save_pretrained(tmp_path / "new")
+        tiny_model().save_pretrained(tmp_path / "new")  # into an existing folder
+    finally:
+        os.umask(old)
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o755
+    for path in (tmp_path / "new").iterdir():
+        assert path.stat().st_mode & 0o777 == 0o644, path.name

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from diffusionkit.utils.atomic import publishable
+
 _CHUNK = 1 << 20
 
 
@@ -82,6 +84,7 @@ def download_file(
                     )
             if check is not None:
                 check(tmp)
+            publishable(tmp)
             os.replace(tmp, dest)
             return dest
         # urllib's URLError and socket timeouts are OSErrors; checksum failures ValueErrors.

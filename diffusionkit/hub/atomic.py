@@ -17,25 +17,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from diffusionkit.utils.atomic import fsync_dir, publishable
+
 __all__ = ["staged_directory"]
 
 
 def _fsync_file(path: Path) -> None:
     with path.open("rb") as f:
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open folders; nothing to flush there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @contextmanager
@@ -59,15 +48,18 @@ def staged_directory(target: Path, *, commit_file: str) -> Iterator[Path]:
         files = sorted(p for p in stage.rglob("*") if p.is_file())
         for path in files:
             _fsync_file(path)
+            publishable(path)
+        for folder in (stage, *(p for p in stage.rglob("*") if p.is_dir())):
+            publishable(folder)
         if not target.exists():
             os.replace(stage, target)  # the whole checkpoint appears at once
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
             return
         commit = stage / commit_file
         for path in sorted(files, key=lambda p: p == commit):  # commit file last
             dest = target / path.relative_to(stage)
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, dest)
-        _fsync_dir(target)
+        fsync_dir(target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -14,7 +14,34 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_save", "atomic_write_bytes", "atomic_write_text", "fsync_dir"]
+__all__ = [
+    "atomic_path",
+    "atomic_save",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "fsync_dir",
+    "publishable",
+]
+
+
+def _umask() -> int:
+    # The only portable way to read the umask is to set it and put it back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publishable(path: str | os.PathLike[str]) -> Path:
+    """Give a temporary file or folder the permissions a plain ``open``/``mkdir`` would have.
+
+    ``tempfile.mkstemp`` and ``mkdtemp`` create private entries (0600 / 0700) so nobody can
+    tamper with them while they are written; once renamed into place they should be as
+    readable as any other file the user writes (0666 / 0777 minus the umask).
+    """
+    path = Path(path)
+    base = 0o777 if path.is_dir() else 0o666
+    path.chmod(base & ~_umask())
+    return path
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -55,6 +82,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        publishable(tmp)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
