@@ -175,7 +175,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "batch_size",
         positive_int(1),
-        128,
+        64,
         "images per optimizer step (over all processes and accumulation steps)",
         metavar="B",
     ),
@@ -235,7 +235,8 @@ OPTIONS: tuple[Option, ...] = (
         "threads",
         optional(positive_int(1)),
         None,
-        "CPU threads torch may use (default: torch's choice)",
+        "CPU threads torch may use (default: torch's choice, one per core; use fewer when "
+        "other programs keep cores busy: competing OpenMP threads slow each other down)",
         metavar="N",
     ),
     Option(
@@ -590,7 +591,8 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"training {params / 1e6:.2f}M-parameter U-Net on {len(dataset)} images "
                 f"({settings['data']}, {settings['image_size']}x{settings['image_size']}) for "
-                f"{settings['steps']} steps on {trainer.device} ({trainer.precision.value}"
+                f"{settings['steps']} steps on {trainer.device} ({trainer.precision.value}, "
+                f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}"
                 f"{f', {trainer.dist.world_size} processes' if trainer.dist.enabled else ''})"
                 + (f", resuming at step {trainer.step}" if resume else ""),
                 flush=True,
