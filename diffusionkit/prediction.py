@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 
+import torch
 from torch import Tensor
 
 __all__ = ["Prediction", "split_prediction"]
@@ -38,6 +39,8 @@ def split_prediction(
         kind: what ``out`` is.
     """
     if kind is Prediction.EPS:
+        if isinstance(a, float) and isinstance(b, float):  # the sampling loop: two fused ops
+            return out, torch.add(x_t, out, alpha=-b).div_(a)
         return out, (x_t - b * out) / a
     if kind is Prediction.X0:
         return (x_t - a * out) / b, out

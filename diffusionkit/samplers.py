@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from enum import Enum
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from diffusionkit._random import Generators, randn
@@ -86,6 +87,11 @@ def _noise_like(x: Tensor, generator: Generators) -> Tensor:
     return randn(x.shape, generator, device=x.device, dtype=x.dtype)
 
 
+def _add_noise(mean: Tensor, std: float, x_t: Tensor, generator: Generators) -> Tensor:
+    """``mean + std z`` with ``z ~ N(0, I)``, accumulated into ``mean`` (a fresh tensor)."""
+    return mean.add_(_noise_like(x_t, generator), alpha=std)
+
+
 def _eps_from_x0(x_t: Tensor, x0: Tensor, coef: StepCoefficients) -> Tensor:
     # invert x_t = sqrt(abar) x0 + sqrt(1 - abar) eps  (Ho et al. 2020, eq. 4)
     return (x_t - coef.alpha_cumprod**0.5 * x0) / (1.0 - coef.alpha_cumprod) ** 0.5
@@ -122,17 +128,19 @@ class DDPMSampler(Sampler):
         coef: StepCoefficients,
         generator: Generators = None,
     ) -> Tensor:
-        if coef.alpha == 0.0:  # beta_t = 1: x_t holds no signal, eq. 7 has no x_t term
-            mean = coef.posterior_mean_coef_x0 * (x0.clamp(-1.0, 1.0) if self.clip_x0 else x0)
-        else:
-            if self.clip_x0:
-                eps = _eps_from_x0(x_t, x0.clamp(-1.0, 1.0), coef)
+        if self.clip_x0 or coef.alpha == 0.0:
+            # eq. 7's form: with a clipped x0_hat, or where alpha_t = 0 (beta_t = 1: x_t holds
+            # no signal and eq. 11's form below divides by zero)
+            x0 = x0.clamp(-1.0, 1.0) if self.clip_x0 else x0
+            mean = torch.mul(x_t, coef.posterior_mean_coef_xt)
+            mean.add_(x0, alpha=coef.posterior_mean_coef_x0)
+        else:  # eq. 11: (x_t - beta_t / sqrt(1 - abar_t) eps_hat) / sqrt(alpha_t), two fused ops
             scale = coef.beta / (1.0 - coef.alpha_cumprod) ** 0.5
-            mean = (x_t - scale * eps) / coef.alpha**0.5
+            mean = torch.add(x_t, eps, alpha=-scale).div_(coef.alpha**0.5)
         if coef.index == 0:
             return mean
         var = coef.posterior_variance if self.variance is Variance.POSTERIOR else coef.beta
-        return mean + var**0.5 * _noise_like(x_t, generator)
+        return _add_noise(mean, var**0.5, x_t, generator)
 
     def config(self) -> dict[str, Any]:
         return {"variance": self.variance.value, "clip_x0": self.clip_x0}
@@ -166,10 +174,11 @@ class PosteriorMeanSampler(Sampler):
     ) -> Tensor:
         if self.clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
-        mean = coef.posterior_mean_coef_x0 * x0 + coef.posterior_mean_coef_xt * x_t
+        mean = torch.mul(x_t, coef.posterior_mean_coef_xt)
+        mean.add_(x0, alpha=coef.posterior_mean_coef_x0)
         if not self.stochastic or coef.index == 0:
             return mean
-        return mean + coef.posterior_variance**0.5 * _noise_like(x_t, generator)
+        return _add_noise(mean, coef.posterior_variance**0.5, x_t, generator)
 
     def config(self) -> dict[str, Any]:
         return {"clip_x0": self.clip_x0, "stochastic": self.stochastic}
@@ -222,9 +231,9 @@ class DDIMSampler(Sampler):
         # sigma_t² = eta² (1 - abar_prev) / (1 - abar_t) (1 - abar_t / abar_prev)  (eq. 16)
         var = self.eta**2 * coef.posterior_variance
         direction = max(1.0 - coef.alpha_cumprod_prev - var, 0.0) ** 0.5
-        x = coef.alpha_cumprod_prev**0.5 * x0 + direction * eps  # eq. 12
+        x = torch.mul(x0, coef.alpha_cumprod_prev**0.5).add_(eps, alpha=direction)  # eq. 12
         if var > 0.0:
-            x = x + var**0.5 * _noise_like(x_t, generator)
+            x = _add_noise(x, var**0.5, x_t, generator)
         return x
 
     def config(self) -> dict[str, Any]:

@@ -97,6 +97,27 @@ def test_single_steps_agree_on_random_inputs():
         torch.testing.assert_close(mean, expected, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("name", [*sorted(SAMPLER_FACTORIES), "ddim", "ddim-eta1"])
+def test_steps_leave_their_inputs_alone_and_differentiate(name):
+    # the steps accumulate into fresh tensors in place: x_t, eps and x0 must not change, and
+    # gradients must flow (guidance research differentiates through a step)
+    from diffusionkit import DDIMSampler
+
+    factories = {**SAMPLER_FACTORIES, "ddim": DDIMSampler, "ddim-eta1": lambda: DDIMSampler(1.0)}
+    coef = CosineSchedule(100).step_coefficients(40)
+    x_t = torch.randn(2, 1, 3, 3, generator=seeded(0), requires_grad=True)
+    eps = torch.randn(2, 1, 3, 3, generator=seeded(1), requires_grad=True)
+    a, b = coef.alpha_cumprod**0.5, (1 - coef.alpha_cumprod) ** 0.5
+    x0 = (x_t - b * eps) / a
+    before = [v.detach().clone() for v in (x_t, eps, x0)]
+    out = factories[name]().step(x_t, eps, x0, coef, seeded(2))
+    for value, old in zip((x_t, eps, x0), before, strict=True):
+        assert torch.equal(value.detach(), old)
+    out.sum().backward()
+    assert x_t.grad is not None and torch.isfinite(x_t.grad).all()
+    assert eps.grad is not None and eps.grad.abs().sum() > 0
+
+
 def test_last_step_adds_no_noise():
     coef = LinearSchedule(50).step_coefficients(0)
     x_t = torch.randn(4, 1, 2, 2)
