@@ -97,10 +97,15 @@ class ResBlock(nn.Module):
         self.skip: nn.Module = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.time_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.skip(x) + h
+        # In place where autograd allows: the two additions always (no backward needs their
+        # inputs), the SiLUs only without autograd (SiLU's backward needs its input). Same
+        # values as out of place; measured in docs/performance.md ("levers").
+        inplace = not torch.is_grad_enabled()
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        h += self.time_proj(F.silu(temb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=inplace)))
+        h += self.skip(x)
+        return h
 
 
 class Attention(nn.Module):
