@@ -238,3 +238,24 @@ def test_bad_inputs_give_clear_errors():
         Trainer(tiny_model(), tiny_data(), batch_size=4, lr=0.0, steps=1)
     with pytest.raises(ValueError, match="sample_steps"):
         Trainer(tiny_model(), tiny_data(), batch_size=4, lr=1e-3, steps=1, sample_steps=51)
+
+
+def test_compile_is_opt_in_and_trains_the_same_weights():
+    # the "eager" backend runs dynamo's graph capture without inductor's C++ build, so the
+    # test is quick and the weights must equal those of the plain network
+    settings = dict(batch_size=8, lr=1e-3, steps=2, **QUIET)
+    plain = Trainer(tiny_model(), tiny_data(), **settings)
+    assert plain.diffusion.net._compiled_call_impl is None  # opt-in
+    compiled = Trainer(tiny_model(), tiny_data(), compile={"backend": "eager"}, **settings)
+    assert compiled.diffusion.net._compiled_call_impl is not None
+    assert compiled.ema.module._compiled_call_impl is None  # the EMA copy stays plain
+    plain.train()
+    compiled.train()
+    for (key, a), b in zip(
+        plain.diffusion.net.state_dict().items(),
+        compiled.diffusion.net.state_dict().values(),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=key)
+    with pytest.raises(TypeError, match="compile must be"):
+        Trainer(tiny_model(), tiny_data(), compile="max-autotune", **settings)

@@ -225,6 +225,14 @@ OPTIONS: tuple[Option, ...] = (
         metavar="P",
     ),
     Option(
+        "compile",
+        _boolean,
+        False,
+        "compile the network with torch.compile: opt-in, since compiling takes a minute or "
+        "more before the first step and pays off only on long runs",
+        metavar="BOOL",
+    ),
+    Option(
         "device",
         _text,
         "auto",
@@ -580,6 +588,7 @@ def run(args: argparse.Namespace) -> int:
         log_every=settings["log_every"],
         num_workers=settings["num_workers"],
         progress=settings["progress"],
+        compile=settings["compile"],
     )
     try:
         main = trainer.dist.is_main

@@ -24,7 +24,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,6 +184,11 @@ class Trainer:
             with "no label" (-1), for classifier-free guidance.
         num_workers: ``DataLoader`` worker processes for reading examples (0: in-process).
         progress: show a tqdm progress bar (rank 0 only).
+        compile: compile the network with ``torch.compile`` (in place, with
+            ``nn.Module.compile``: parameters and state-dict keys stay the same); a mapping gives
+            ``torch.compile``'s keyword arguments, e.g. ``{"mode": "max-autotune"}``. Opt-in:
+            compiling takes a minute or more on a CPU before the first step, and what it gains
+            depends on the network and the hardware (see the performance page of the docs).
         export: at the end, write the model with its EMA weights to ``out_dir`` with
             ``save_pretrained``, so ``DenoiseDiffusion.from_pretrained(out_dir)`` loads it.
 
@@ -229,6 +234,7 @@ class Trainer:
         label_dropout: float = 0.0,
         num_workers: int = 0,
         progress: bool = True,
+        compile: bool | Mapping[str, Any] = False,
         export: bool = True,
     ) -> None:
         if not isinstance(diffusion, DenoiseDiffusion):
@@ -254,6 +260,12 @@ class Trainer:
             raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip}")
         if not 0.0 <= label_dropout < 1.0:
             raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
+        if not isinstance(compile, bool | Mapping):
+            raise TypeError(
+                f"compile must be True, False or a mapping of torch.compile options, got {compile!r}"
+            )
+        if compile and not hasattr(nn.Module, "compile"):
+            raise RuntimeError(f"compile=True needs torch >= 2.2, this is {torch.__version__}")
         if keep_checkpoints is not None and keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be >= 1 or None, got {keep_checkpoints}")
         if sample_steps is not None and not 1 <= sample_steps <= diffusion.timesteps:
@@ -312,6 +324,8 @@ class Trainer:
         self.diffusion = diffusion.to(self.device)
         self.conditional = getattr(diffusion.net, "num_classes", None) is not None
         self.ema = EMA(diffusion.net, self.ema_decay, warmup=self.ema_warmup)
+        if compile:  # after the EMA's copy: the EMA holds plain, uncompiled weights
+            diffusion.net.compile(**({} if compile is True else dict(compile)))
         self.optimizer = torch.optim.AdamW(
             diffusion.parameters(),
             lr=self.lr,
