@@ -47,6 +47,8 @@ class Context:
         threads: torch's intra-op thread count, fixed for the whole run.
         out_dir: where results (JSON, Markdown, PNG) go.
         log: prints one progress line.
+        quality_budget: a ``quality_budget.Budget`` replacing the default one (``None``: the
+            full or quick default).
     """
 
     quick: bool
@@ -54,6 +56,7 @@ class Context:
     threads: int
     out_dir: Path
     log: Callable[[str], None] = print
+    quality_budget: Any = None
 
 
 def cpu_model() -> str:

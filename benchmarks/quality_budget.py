@@ -381,7 +381,7 @@ def run(
     """Run benchmark 4 and return its results (JSON-serializable)."""
     from benchmarks.quality import calibration
 
-    budget = budget or (QUICK if ctx.quick else FULL)
+    budget = budget or ctx.quality_budget or (QUICK if ctx.quick else FULL)
     labels = labels or tuple(ENTRIES)
     jobs = [(label, seed) for seed in budget.seeds for label in labels]
     # longest first (lucidrains' network is the slowest), so the workers finish together

@@ -3,7 +3,7 @@
 Usage (from the repository root, with the ``benchmarks`` extra installed)::
 
     python benchmarks/run.py                 # everything, results in benchmarks/results/latest.*
-    python benchmarks/run.py --quick         # a few minutes; results in benchmarks/results/quick.*
+    python benchmarks/run.py --quick         # about 13 minutes on 2 cores; results in benchmarks/results/quick.*
     python benchmarks/run.py --only speed    # one of: speed, sampling_overhead, memory, quality, levers
 
 Full runs also refresh the result sections of ``benchmarks/README.md`` and
@@ -21,6 +21,7 @@ import os
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import argparse
+import dataclasses
 import datetime
 import sys
 import time
@@ -66,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="short variant (a few minutes)")
+    parser.add_argument(
+        "--quick", action="store_true", help="short variant (about 13 minutes on 2 cores)"
+    )
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: one per core)"
@@ -82,12 +85,37 @@ def main(argv: list[str] | None = None) -> int:
         help="wait until the load average is below LOAD before each benchmark",
     )
     parser.add_argument("--max-wait", type=float, default=3600.0, help="seconds to wait at most")
+    parser.add_argument(
+        "--quality-steps",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="quality: training steps at which to score (default 500 1000 2000; --quick 150)",
+    )
+    parser.add_argument(
+        "--quality-samples", type=int, metavar="N", help="quality: samples scored per checkpoint"
+    )
+    parser.add_argument(
+        "--quality-seeds", type=int, nargs="+", metavar="S", help="quality: seeds (default 0 1 2)"
+    )
     args = parser.parse_args(argv)
 
     threads = set_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)  # for child processes (memory benchmark)
     device = torch.device(args.device)
     ctx = Context(quick=args.quick, device=device, threads=threads, out_dir=args.out)
+    changes = {
+        key: value
+        for key, value in (
+            ("checkpoints", args.quality_steps and tuple(args.quality_steps)),
+            ("n_samples", args.quality_samples),
+            ("seeds", args.quality_seeds and tuple(args.quality_seeds)),
+        )
+        if value is not None
+    }
+    if changes:
+        base = quality_budget.QUICK if args.quick else quality_budget.FULL
+        ctx.quality_budget = dataclasses.replace(base, **changes)
     machine = machine_info(device)
     ctx.log(
         f"machine: {machine['cpu']}, {machine['cpu_count']} cores, {threads} torch threads, {device}"
