@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -40,6 +41,17 @@ def test_round_trip_and_layout(tmp_path):
     assert loaded.tensors["rng"]["cpu"].dtype == torch.uint8
     # no pickle anywhere: the JSON is plain JSON and every other file is safetensors
     json.loads((path / "state.json").read_text())
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_checkpoint_files_are_readable_like_any_other(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path, 1, _tensors(1.0), {})
+    finally:
+        os.umask(old)
+    for file in path.iterdir():  # safetensors alone would leave its files 0600
+        assert file.stat().st_mode & 0o777 == 0o644, file.name
 
 
 def test_crash_mid_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from diffusionkit.utils.atomic import fsync_dir
+from diffusionkit.utils.atomic import fsync_dir, publishable
 
 __all__ = [
     "CHECKPOINTS_DIRNAME",
@@ -83,6 +83,7 @@ def _write_tensor_file(path: Path, tensors: Mapping[str, Tensor]) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
+    publishable(path)  # safetensors creates its files 0600
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
