@@ -8,11 +8,11 @@ section and keeps the others.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from diffusionkit.utils.atomic import atomic_save, atomic_write_bytes
 
 __all__ = [
     "TARGETS",
@@ -37,17 +37,8 @@ TARGETS = {
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` atomically (temporary file + rename, readable by all)."""
+    atomic_write_bytes(path, data.encode() if isinstance(data, str) else data)
 
 
 def load_results(path: Path) -> dict[str, Any]:
@@ -338,15 +329,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
         if not ax.has_data():
             ax.axis("off")  # a benchmark that has not run yet
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd_, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd_)
     try:
-        fig.savefig(tmp, dpi=72)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=72, format="png"))
     finally:
-        Path(tmp).unlink(missing_ok=True)
         plt.close(fig)
 
 
