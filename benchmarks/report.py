@@ -199,9 +199,19 @@ def _quality_md(r: dict[str, Any]) -> list[str]:
         lines += [
             "",
             f"Target (FD at {v['checkpoint']} steps no worse than the best peer within the "
-            f"spread): diffusionkit {v['diffusionkit_fd']:.3f} vs {v['best_peer']} "
-            f"{v['best_peer_fd']:.3f} (+- {v['margin']:.3f}): {_mark(v['met'])}.",
+            f"spread), best configuration against best configuration: "
+            f"{v.get('diffusionkit', 'diffusionkit')} {v['diffusionkit_fd']:.3f} vs "
+            f"{v['best_peer']} {v['best_peer_fd']:.3f} (+- {v['margin']:.3f}): {_mark(v['met'])}.",
         ]
+        by_setting = v.get("by_setting", {})
+        if by_setting:
+            lines += ["", "Like against like (same prediction target and schedule):", ""]
+        for setting, c in by_setting.items():
+            lines.append(
+                f"- {setting}: {c['diffusionkit']} {c['diffusionkit_fd']:.3f} vs "
+                f"{c['best_peer']} {c['best_peer_fd']:.3f} (+- {c['margin']:.3f}): "
+                f"{_mark(c['met'])}"
+            )
     return lines
 
 
@@ -250,6 +260,9 @@ def markdown(results: dict[str, Any], heading: str = "###") -> str:
 
 
 # ---------------------------------------------------------------------------- chart
+LIBRARY_COLORS = {"diffusers": "tab:orange", "diffusionkit": "tab:blue", "lucidrains": "tab:green"}
+
+
 def chart(results: dict[str, Any], path: Path) -> None:
     """A small 2x2 PNG: speed ratios, sampling overhead, memory, quality vs steps."""
     import matplotlib
@@ -278,7 +291,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
         width = 0.8 / len(libs)
         for j, lib in enumerate(libs):
             xs = [i + j * width for i in range(len(cases))]
-            ax.bar(xs, [cases[b][lib]["overhead_pct"] for b in cases], width, label=lib)
+            overheads = [cases[b][lib]["overhead_pct"] for b in cases]
+            ax.bar(xs, overheads, width, label=lib, color=LIBRARY_COLORS.get(lib, "grey"))
         ax.set_xticks([i + width * (len(libs) - 1) / 2 for i in range(len(cases))])
         ax.set_xticklabels([f"batch {b[1:]}" for b in cases])
         ax.set_ylabel("loop overhead, % of network time")
@@ -288,11 +302,10 @@ def chart(results: dict[str, Any], path: Path) -> None:
     if "memory" in bench:
         rows = bench["memory"]["result"]["rows"]
         labels = [f"{r['model']} {r['phase']}\n{r['library']}" for r in rows]
-        colors = {"diffusers": "tab:orange", "diffusionkit": "tab:blue", "lucidrains": "tab:green"}
         ax.barh(
             labels,
             [r["workload_rss_mb"] for r in rows],
-            color=[colors.get(r["library"], "grey") for r in rows],
+            color=[LIBRARY_COLORS.get(r["library"], "grey") for r in rows],
         )
         ax.invert_yaxis()
         ax.tick_params(axis="y", labelsize=7)
@@ -309,7 +322,18 @@ def chart(results: dict[str, Any], path: Path) -> None:
                 [m - f["min"] for m, f in zip(mean, fd, strict=True)],
                 [f["max"] - m for m, f in zip(mean, fd, strict=True)],
             ]
-            ax.errorbar(steps, mean, yerr=err, marker="o", capsize=3, label=label)
+            # one colour per library, one line style per setting (prediction, schedule)
+            style = ":" if c.get("setting") == "eps, linear" else "-"
+            ax.errorbar(
+                steps,
+                mean,
+                yerr=err,
+                marker="o",
+                capsize=3,
+                label=label,
+                color=LIBRARY_COLORS.get(c["library"], "grey"),
+                ls=style,
+            )
         styles = {"train real": ":", "fitted gaussian": "--"}
         for name, style in styles.items():
             if name in q["baselines"]:

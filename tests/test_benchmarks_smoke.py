@@ -99,7 +99,7 @@ def test_memory_child_measures_a_workload():
 
 # ---------------------------------------------------------------------------- quality loop
 def test_two_step_quality_run_scores_every_checkpoint():
-    r = quality_budget.train_and_score("diffusionkit", 0, MICRO)
+    r = quality_budget.train_and_score("diffusionkit (eps, linear)", 0, MICRO)
     assert set(r["scores"]) == {"1", "2"}
     for s in r["scores"].values():
         assert s["fd"] > 0 and s["n_samples"] == MICRO.n_samples
@@ -107,7 +107,9 @@ def test_two_step_quality_run_scores_every_checkpoint():
 
 
 @needs_lucidrains
-@pytest.mark.parametrize("label", ["diffusers", "lucidrains (matched)"])
+@pytest.mark.parametrize(
+    "label", ["diffusionkit (v, sigmoid)", "diffusers (v, sigmoid)", "lucidrains (eps, linear)"]
+)
 def test_two_step_quality_run_of_the_peers(label):
     r = quality_budget.train_and_score(label, 0, MICRO)
     assert r["scores"]["2"]["fd"] > 0
@@ -118,19 +120,52 @@ def test_budget_rejects_unsorted_checkpoints():
         quality_budget.Budget(checkpoints=(10, 5))
 
 
-def test_verdict_compares_with_the_best_peer_within_the_spread():
-    def fd(mean, std):
-        return {"checkpoints": {"2": {"fd": {"mean": mean, "std": std}}}}
+def test_every_library_runs_in_both_settings():
+    settings = {(e.library, e.setting) for e in quality_budget.ENTRIES.values()}
+    libraries = {e.library for e in quality_budget.ENTRIES.values()}
+    assert settings == {
+        (lib, s) for lib in libraries for s in (quality_budget.EPS_LINEAR, quality_budget.V_SIGMOID)
+    }
 
+
+def test_diffusers_sigmoid_entry_gets_the_same_betas_as_diffusionkit():
+    pytest.importorskip("diffusers")
+    from diffusionkit import SigmoidSchedule
+
+    c = quality_budget.ENTRIES["diffusers (v, sigmoid)"].build(MICRO, 0)
+    assert isinstance(c, quality_budget.DiffusersContestant)
+    ours = SigmoidSchedule(MICRO.timesteps).betas.float()
+    torch.testing.assert_close(c.scheduler.betas, ours)
+    assert c.scheduler.config.prediction_type == "v_prediction"
+
+
+def _fd(library, setting, mean, std):
+    return {
+        "library": library,
+        "setting": setting,
+        "checkpoints": {"2": {"fd": {"mean": mean, "std": std}}},
+    }
+
+
+def test_verdict_compares_best_with_best_within_the_spread():
     configs = {
-        "diffusionkit": {"library": "diffusionkit", **fd(0.50, 0.02)},
-        "a": {"library": "diffusers", **fd(0.47, 0.05)},
-        "b": {"library": "lucidrains", **fd(0.90, 0.01)},
+        "dk eps": _fd("diffusionkit", "eps", 0.90, 0.02),
+        "dk v": _fd("diffusionkit", "v", 0.50, 0.02),
+        "a": _fd("diffusers", "eps", 0.47, 0.05),
+        "b": _fd("lucidrains", "v", 0.90, 0.01),
     }
     v = quality_budget.verdict(configs, MICRO)
-    assert v["best_peer"] == "a" and v["met"]
-    configs["a"] = {"library": "diffusers", **fd(0.40, 0.05)}
+    assert v["diffusionkit"] == "dk v" and v["best_peer"] == "a" and v["met"]
+    # like against like: dk eps (0.90) is worse than a (0.47 + 0.05); dk v beats b
+    assert not v["by_setting"]["eps"]["met"] and v["by_setting"]["eps"]["best_peer"] == "a"
+    assert v["by_setting"]["v"]["met"] and v["by_setting"]["v"]["best_peer"] == "b"
+    configs["a"] = _fd("diffusers", "eps", 0.40, 0.05)
     assert not quality_budget.verdict(configs, MICRO)["met"]
+
+
+def test_verdict_without_peers_is_undecided():
+    configs = {"dk": _fd("diffusionkit", "eps", 0.9, 0.0)}
+    assert quality_budget.verdict(configs, MICRO) == {"met": None}
 
 
 # ---------------------------------------------------------------------------- report
