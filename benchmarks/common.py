@@ -47,8 +47,8 @@ class Context:
         threads: torch's intra-op thread count, fixed for the whole run.
         out_dir: where results (JSON, Markdown, PNG) go.
         log: prints one progress line.
-        quality_budget: a ``quality_budget.Budget`` replacing the default one (``None``: the
-            full or quick default).
+        quality_changes: fields of ``quality_budget.Budget`` that replace those of the quality
+            benchmarks' default budgets (e.g. ``{"n_samples": 500}``).
     """
 
     quick: bool
@@ -56,7 +56,7 @@ class Context:
     threads: int
     out_dir: Path
     log: Callable[[str], None] = print
-    quality_budget: Any = None
+    quality_changes: dict[str, Any] = field(default_factory=dict)
 
 
 def cpu_model() -> str:

@@ -1,14 +1,16 @@
-"""Benchmark 4: sample quality at an equal training budget, on the 8x8 digits.
+"""Benchmark 4: sample quality at an equal training budget, on the 8x8 digits (and benchmark 5,
+the same on Fashion-MNIST at 28x28, for a longer budget).
 
 Every configuration trains a U-Net of about 0.25M parameters (each library its own network:
-diffusionkit ``UNet``, diffusers ``UNet2DModel``, lucidrains ``Unet``) on the fixed stratified
-training split of ``benchmarks.quality.digits_split``, for the same number of optimizer steps
+diffusionkit ``UNet``, diffusers ``UNet2DModel``, lucidrains ``Unet``) on the fixed training
+split of the budget's dataset (``benchmarks.quality.dataset_split``: the stratified digits
+split, or Fashion-MNIST's official one), for the same number of optimizer steps
 at the same batch size, with the same optimizer (AdamW, constant learning rate) and the same
 loop structure (draw a batch, the library's own loss, backward, step, update an exponential
 moving average of the weights). At each checkpoint it draws ``n_samples`` images from the
 averaged weights with the library's own full ancestral sampling chain and scores
 them against the held-out split with the project metric (``benchmarks.quality.score``: Frechet
-distance, KID, precision/recall in a small digits classifier's feature space). The reference
+distance, KID, precision/recall in the feature space of a small classifier of that dataset). The reference
 scores of real training images and of a Gaussian fitted to the pixels are computed on the same
 scale.
 
@@ -23,6 +25,7 @@ run at once.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import statistics
@@ -42,7 +45,6 @@ from torch import Tensor, nn
 from benchmarks.common import Context, n_params
 
 NAME = "quality"
-IMAGE = (1, 8, 8)
 #: diffusionkit's network: 252,545 parameters
 DK_NET: dict[str, Any] = {
     "in_channels": 1,
@@ -53,7 +55,6 @@ DK_NET: dict[str, Any] = {
 }
 #: the same architecture in diffusers (its own defaults otherwise): 252,545 parameters
 DIFFUSERS_NET: dict[str, Any] = {
-    "sample_size": 8,
     "in_channels": 1,
     "out_channels": 1,
     "block_out_channels": (16, 32),
@@ -82,6 +83,8 @@ class Budget:
             quality depends mostly on its last few updates).
         n_samples: images drawn and scored per checkpoint.
         seeds: one run per seed (network init, data order, noise, sampling).
+        dataset: ``"digits"`` (8x8) or ``"fashion-mnist"`` (28x28, Debian's
+            ``dataset-fashion-mnist`` package).
     """
 
     timesteps: int = 100
@@ -91,16 +94,34 @@ class Budget:
     ema_decay: float = 0.995
     n_samples: int = 1000
     seeds: tuple[int, ...] = (0, 1, 2)
+    dataset: str = "digits"
 
     def __post_init__(self) -> None:
+        from benchmarks.quality.features import DATASET_IMAGE_SIZES
+
+        if self.dataset not in DATASET_IMAGE_SIZES:
+            raise ValueError(
+                f"unknown dataset {self.dataset!r}; known: {sorted(DATASET_IMAGE_SIZES)}"
+            )
         if list(self.checkpoints) != sorted(set(self.checkpoints)) or self.checkpoints[0] < 1:
             raise ValueError(f"checkpoints must be ascending positive ints, got {self.checkpoints}")
         if self.n_samples < 2 or self.batch < 1 or self.timesteps < 2 or not self.seeds:
             raise ValueError(f"bad budget {self}")
 
+    @property
+    def image(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the dataset's images."""
+        from benchmarks.quality.features import DATASET_IMAGE_SIZES
+
+        size = DATASET_IMAGE_SIZES[self.dataset]
+        return (1, size, size)
+
 
 FULL = Budget()
 QUICK = Budget(checkpoints=(150,), n_samples=500, seeds=(0,))
+#: benchmark 5: 28x28 images cost about 12 times as much per step as 8x8 ones
+FASHION = Budget(checkpoints=(1000, 2000), dataset="fashion-mnist")
+QUICK_FASHION = Budget(checkpoints=(50,), n_samples=200, seeds=(0,), dataset="fashion-mnist")
 
 
 # ---------------------------------------------------------------------------- contestants
@@ -111,11 +132,11 @@ class Contestant(ABC):
 
     @abstractmethod
     def loss(self, x0: Tensor, generator: torch.Generator) -> Tensor:
-        """The library's training loss on clean images ``x0`` ``(B, 1, 8, 8)`` in [-1, 1]."""
+        """The library's training loss on clean images ``x0`` ``(B, 1, H, W)`` in [-1, 1]."""
 
     @abstractmethod
     def sample(self, n: int, seed: int) -> Tensor:
-        """``n`` samples ``(n, 1, 8, 8)`` in [-1, 1] from the library's full sampling chain."""
+        """``n`` samples ``(n, 1, H, W)`` in [-1, 1] from the library's full sampling chain."""
 
     def parameters(self) -> Iterator[nn.Parameter]:
         return self.net.parameters()
@@ -128,6 +149,7 @@ class DiffusionkitContestant(Contestant):
         from diffusionkit import DenoiseDiffusion, LinearSchedule, UNet
 
         torch.manual_seed(seed)
+        self.image = budget.image
         self.net = UNet(**DK_NET)
         diffusion_kwargs.setdefault("schedule", LinearSchedule(timesteps=budget.timesteps))
         self.model = DenoiseDiffusion(self.net, **diffusion_kwargs)
@@ -137,7 +159,7 @@ class DiffusionkitContestant(Contestant):
 
     def sample(self, n: int, seed: int) -> Tensor:
         g = torch.Generator().manual_seed(seed)
-        return self.model.reverse_sample((n, *IMAGE), generator=g, progress=False, clip=True)
+        return self.model.reverse_sample((n, *self.image), generator=g, progress=False, clip=True)
 
 
 class DiffusersContestant(Contestant):
@@ -147,7 +169,7 @@ class DiffusersContestant(Contestant):
         from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
         torch.manual_seed(seed)
-        self.net = UNet2DModel(**DIFFUSERS_NET)
+        self.net = UNet2DModel(sample_size=budget.image[-1], **DIFFUSERS_NET)
         self.scheduler = DDPMScheduler(num_train_timesteps=budget.timesteps, **scheduler_kwargs)
         self.pipe = DDPMPipeline(unet=self.net, scheduler=self.scheduler)
         self.pipe.set_progress_bar_config(disable=True)
@@ -167,7 +189,7 @@ class DiffusersContestant(Contestant):
         g = torch.Generator().manual_seed(seed)
         images = self.pipe(
             batch_size=n, generator=g, num_inference_steps=self.timesteps, output_type="pt"
-        ).images  # (n, 1, 8, 8) in [0, 1]
+        ).images  # (n, 1, H, W) in [0, 1]
         return images * 2 - 1
 
 
@@ -181,7 +203,7 @@ class LucidrainsContestant(Contestant):
         torch.manual_seed(seed)
         self.net = Unet(**LUCIDRAINS_NET)
         self.model = GaussianDiffusion(
-            self.net, image_size=IMAGE[-1], timesteps=budget.timesteps, **diffusion_kwargs
+            self.net, image_size=budget.image[-1], timesteps=budget.timesteps, **diffusion_kwargs
         )
         # lucidrains draws t and noise from the global RNG only
         torch.manual_seed(seed + 1000)
@@ -289,10 +311,10 @@ ENTRIES: dict[str, Entry] = {
 # ---------------------------------------------------------------------------- one run
 def train_and_score(label: str, seed: int, budget: Budget) -> dict[str, Any]:
     """Train configuration ``label`` with ``seed`` and score it at every checkpoint."""
-    from benchmarks.quality import digits_split, score
+    from benchmarks.quality import dataset_split, score
 
     torch.set_num_threads(1)
-    split = digits_split()
+    split = dataset_split(budget.dataset)
     data = split.train_images
     contestant = ENTRIES[label].build(budget, seed)
     params = list(contestant.parameters())
@@ -434,18 +456,32 @@ def verdict(configs: dict[str, Any], budget: Budget) -> dict[str, Any]:
 
 
 def run(
-    ctx: Context, budget: Budget | None = None, labels: tuple[str, ...] | None = None
+    ctx: Context,
+    budget: Budget | None = None,
+    labels: tuple[str, ...] | None = None,
+    default: Budget | None = None,
 ) -> dict[str, Any]:
-    """Run benchmark 4 and return its results (JSON-serializable)."""
+    """Run benchmark 4 and return its results (JSON-serializable).
+
+    Args:
+        ctx: the run's context; its ``quality_changes`` replace fields of the default budget.
+        budget: the budget to use as it is (``ctx.quality_changes`` are then ignored).
+        labels: configurations to run (default: all of :data:`ENTRIES`).
+        default: the budget before ``ctx.quality_changes`` (default: :data:`QUICK` or
+            :data:`FULL`).
+    """
     from benchmarks.quality import calibration
 
-    budget = budget or ctx.quality_budget or (QUICK if ctx.quick else FULL)
+    if budget is None:
+        base = default or (QUICK if ctx.quick else FULL)
+        budget = dataclasses.replace(base, **ctx.quality_changes)
     labels = labels or tuple(ENTRIES)
     jobs = [(label, seed) for seed in budget.seeds for label in labels]
     # longest first (lucidrains' network is the slowest), so the workers finish together
     jobs.sort(key=lambda j: ENTRIES[j[0]].library != "lucidrains")
     ctx.log(
-        f"quality: {len(jobs)} runs ({len(labels)} configurations x {len(budget.seeds)} seeds), "
+        f"quality on {budget.dataset}: {len(jobs)} runs ({len(labels)} configurations x "
+        f"{len(budget.seeds)} seeds), "
         f"{budget.checkpoints[-1]} steps at batch {budget.batch}, T={budget.timesteps}, "
         f"{budget.n_samples} samples per checkpoint, {ctx.threads} workers"
     )
@@ -465,8 +501,10 @@ def run(
             )
             runs.append(r)
     configs = aggregate(runs, budget)
-    baselines = calibration("digits", n_samples=min(budget.n_samples, 1000), seed=0)
+    baselines = calibration(budget.dataset, n_samples=min(budget.n_samples, 1000), seed=0)
     result = {
+        "dataset": budget.dataset,
+        "n_reference": runs[0]["scores"][str(budget.checkpoints[-1])]["n_reference"],
         "budget": asdict(budget),
         "networks": {
             "diffusionkit": DK_NET,

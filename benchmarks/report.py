@@ -156,16 +156,23 @@ def _memory_md(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+_DATASETS = {"digits": ("8x8 digits", "digits"), "fashion-mnist": ("28x28 Fashion-MNIST", "images")}
+
+
 def _quality_md(r: dict[str, Any]) -> list[str]:
+    if "skipped" in r:
+        return [f"Not run: {r['skipped']}"]
     b = r["budget"]
+    dataset = r.get("dataset", "digits")
+    title, items = _DATASETS.get(dataset, (dataset, "images"))
     checkpoints = [str(c) for c in b["checkpoints"]]
     last = checkpoints[-1]
     lines = [
-        f"8x8 digits, {b['batch']} images per step, T = {b['timesteps']} diffusion steps (full "
-        f"chains), {b['n_samples']} samples per checkpoint scored against the 540 held-out "
-        f"digits; {r['optimizer']}; mean +- std over seeds {b['seeds']}. Frechet distance (FD) "
-        "and KID in the feature space of the shipped digits classifier (lower is better); "
-        "precision / recall (higher is better).",
+        f"{title}, {b['batch']} images per step, T = {b['timesteps']} diffusion steps (full "
+        f"chains), {b['n_samples']} samples per checkpoint scored against the "
+        f"{r.get('n_reference', 540):,} held-out {items}; {r['optimizer']}; mean +- std over "
+        f"seeds {b['seeds']}. Frechet distance (FD) and KID in the feature space of the shipped "
+        f"{dataset} classifier (lower is better); precision / recall (higher is better).",
         "",
         "| configuration | params | "
         + " | ".join(f"FD @{c}" for c in checkpoints)
@@ -237,6 +244,7 @@ _SECTIONS = {
     "sampling_overhead": ("2. Sampling loop overhead", _overhead_md),
     "memory": ("3. Peak memory", _memory_md),
     "quality": ("4. Quality at equal budget", _quality_md),
+    "quality_fashion": ("5. Quality at equal budget, Fashion-MNIST", _quality_md),
     "levers": ("Performance levers", _levers_md),
 }
 
@@ -264,14 +272,14 @@ LIBRARY_COLORS = {"diffusers": "tab:orange", "diffusionkit": "tab:blue", "lucidr
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
-    """A small 2x2 PNG: speed ratios, sampling overhead, memory, quality vs steps."""
+    """A small 2x3 PNG: speed ratios, sampling overhead, memory, quality vs steps (2 datasets)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     bench = results["benchmarks"]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7))
     ax = axes[0][0]
     if "speed" in bench:
         cases = bench["speed"]["result"]["cases"]
@@ -298,7 +306,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("loop overhead, % of network time")
         ax.set_title("2. Sampling loop overhead", fontsize=10)
         ax.legend(fontsize=8)
-    ax = axes[1][0]
+    ax = axes[0][2]
     if "memory" in bench:
         rows = bench["memory"]["result"]["rows"]
         labels = [f"{r['model']} {r['phase']}\n{r['library']}" for r in rows]
@@ -311,44 +319,13 @@ def chart(results: dict[str, Any], path: Path) -> None:
         ax.tick_params(axis="y", labelsize=7)
         ax.set_xlabel("peak RSS added by the workload (MB)")
         ax.set_title("3. Peak memory", fontsize=10)
-    ax = axes[1][1]
-    if "quality" in bench:
-        q = bench["quality"]["result"]
-        steps = q["budget"]["checkpoints"]
-        for label, c in q["configs"].items():
-            fd = [c["checkpoints"][str(s)]["fd"] for s in steps]
-            mean = [f["mean"] for f in fd]
-            err = [
-                [m - f["min"] for m, f in zip(mean, fd, strict=True)],
-                [f["max"] - m for m, f in zip(mean, fd, strict=True)],
-            ]
-            # one colour per library, one line style per setting (prediction, schedule)
-            style = ":" if c.get("setting") == "eps, linear" else "-"
-            ax.errorbar(
-                steps,
-                mean,
-                yerr=err,
-                marker="o",
-                capsize=3,
-                label=label,
-                color=LIBRARY_COLORS.get(c["library"], "grey"),
-                ls=style,
-            )
-        styles = {"train real": ":", "fitted gaussian": "--"}
-        for name, style in styles.items():
-            if name in q["baselines"]:
-                ax.axhline(
-                    q["baselines"][name]["fd"],
-                    color="grey",
-                    ls=style,
-                    lw=1,
-                    label=f"baseline: {name}",
-                )
-        ax.set_yscale("log")
-        ax.set_xlabel("training steps")
-        ax.set_ylabel("Frechet distance (classifier features)")
-        ax.set_title("4. Digits 8x8: quality at equal budget", fontsize=10)
-        ax.legend(fontsize=7)
+    for ax, name, title in (
+        (axes[1][0], "quality", "4. Digits 8x8: quality at equal budget"),
+        (axes[1][1], "quality_fashion", "5. Fashion-MNIST 28x28: quality at equal budget"),
+    ):
+        result = bench.get(name, {}).get("result", {})
+        if "configs" in result:
+            _quality_panel(ax, result, title)
     for ax in axes.flat:
         if not ax.has_data():
             ax.axis("off")  # a benchmark that has not run yet
@@ -357,6 +334,40 @@ def chart(results: dict[str, Any], path: Path) -> None:
         atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=72, format="png"))
     finally:
         plt.close(fig)
+
+
+def _quality_panel(ax: Any, q: dict[str, Any], title: str) -> None:
+    """FD against training steps for every configuration, with the baselines as lines."""
+    steps = q["budget"]["checkpoints"]
+    for label, c in q["configs"].items():
+        fd = [c["checkpoints"][str(s)]["fd"] for s in steps]
+        mean = [f["mean"] for f in fd]
+        err = [
+            [m - f["min"] for m, f in zip(mean, fd, strict=True)],
+            [f["max"] - m for m, f in zip(mean, fd, strict=True)],
+        ]
+        # one colour per library, one line style per setting (prediction, schedule)
+        style = ":" if c.get("setting") == "eps, linear" else "-"
+        ax.errorbar(
+            steps,
+            mean,
+            yerr=err,
+            marker="o",
+            capsize=3,
+            label=label,
+            color=LIBRARY_COLORS.get(c["library"], "grey"),
+            ls=style,
+        )
+    for name, style in {"train real": ":", "fitted gaussian": "--"}.items():
+        if name in q["baselines"]:
+            ax.axhline(
+                q["baselines"][name]["fd"], color="grey", ls=style, lw=1, label=f"baseline: {name}"
+            )
+    ax.set_yscale("log")
+    ax.set_xlabel("training steps")
+    ax.set_ylabel("Frechet distance (classifier features)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
 
 
 # ---------------------------------------------------------------------------- files

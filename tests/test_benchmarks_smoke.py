@@ -6,6 +6,7 @@ denoising-diffusion-pytorch (only in the ``benchmarks`` extra) skip when it is n
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -118,6 +119,48 @@ def test_two_step_quality_run_of_the_peers(label):
 def test_budget_rejects_unsorted_checkpoints():
     with pytest.raises(ValueError, match="ascending"):
         quality_budget.Budget(checkpoints=(10, 5))
+
+
+def test_budget_rejects_an_unknown_dataset():
+    with pytest.raises(ValueError, match="unknown dataset"):
+        quality_budget.Budget(dataset="cifar10")
+
+
+def test_bad_quality_option_fails_before_any_benchmark_runs(capsys):
+    from benchmarks import run
+
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--only", "quality", "--quality-steps", "10", "5", "--out", "unused"])
+    assert exit_info.value.code == 2
+    assert "ascending" in capsys.readouterr().err
+
+
+fashion_installed = pytest.mark.skipif(
+    not (Path("/usr/share/datasets/fashion-mnist") / "t10k-images-idx3-ubyte.gz").is_file(),
+    reason="Debian's dataset-fashion-mnist is not installed",
+)
+
+
+@fashion_installed
+def test_two_step_fashion_run_scores_against_the_official_test_set():
+    budget = dataclasses.replace(MICRO, dataset="fashion-mnist")
+    r = quality_budget.train_and_score("diffusionkit (v, sigmoid)", 0, budget)
+    assert r["scores"]["2"]["n_reference"] == 10_000
+    assert r["scores"]["2"]["n_samples"] == MICRO.n_samples and r["scores"]["2"]["fd"] > 0
+
+
+def test_fashion_section_without_its_data_is_skipped_with_the_reason(monkeypatch, tmp_path):
+    from benchmarks import quality_fashion
+    from benchmarks.quality import fashion
+
+    def missing(root=None):
+        raise FileNotFoundError("Install them with: apt-get install dataset-fashion-mnist")
+
+    monkeypatch.setattr(fashion, "fashion_split", missing)
+    ctx = common.Context(quick=True, device=torch.device("cpu"), threads=1, out_dir=tmp_path)
+    result = quality_fashion.run(ctx)
+    assert "apt-get install dataset-fashion-mnist" in result["skipped"]
+    assert report._quality_md(result) == [f"Not run: {result['skipped']}"]
 
 
 def test_every_library_runs_in_both_settings():

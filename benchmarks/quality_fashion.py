@@ -1,0 +1,32 @@
+"""Benchmark 5: sample quality at an equal budget on Fashion-MNIST (28x28), the longer budget.
+
+The same configurations, networks, loop and metric as benchmark 4 (``quality_budget``), on
+Fashion-MNIST's official split (60,000 training images; samples are scored against the 10,000
+test images in the feature space of the shipped Fashion-MNIST classifier). A 28x28 image costs
+about 12 times as much per step as an 8x8 digit, so the default budget (``FASHION``) takes hours
+on 2 cores; ``--quality-steps``, ``--quality-samples`` and ``--quality-seeds`` shorten it.
+The data comes from Debian's ``dataset-fashion-mnist`` package; without it the section is
+skipped with the reason in its results.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks import quality_budget
+from benchmarks.common import Context
+
+NAME = "quality_fashion"
+
+
+def run(ctx: Context, labels: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Run benchmark 5 and return its results (JSON-serializable)."""
+    from benchmarks.quality.fashion import FASHION_MNIST_DIR, fashion_split
+
+    try:
+        fashion_split()
+    except FileNotFoundError as err:
+        ctx.log(f"quality on fashion-mnist: skipped ({err})")
+        return {"skipped": str(err), "data_dir": str(FASHION_MNIST_DIR)}
+    default = quality_budget.QUICK_FASHION if ctx.quick else quality_budget.FASHION
+    return quality_budget.run(ctx, labels=labels, default=default)
