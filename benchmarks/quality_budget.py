@@ -143,15 +143,20 @@ class Contestant(ABC):
 
 
 class DiffusionkitContestant(Contestant):
-    """``DenoiseDiffusion.loss`` / ``reverse_sample(clip=True)``."""
+    """``DenoiseDiffusion.loss`` / ``reverse_sample(clip=True)``.
+
+    Samples with ``DDPMSampler(clip_x0=True)``, as the command line's models do and as both
+    peers sample by default (diffusers' ``clip_sample=True``, lucidrains' clipped ``x_start``).
+    """
 
     def __init__(self, budget: Budget, seed: int, **diffusion_kwargs: Any) -> None:
-        from diffusionkit import DenoiseDiffusion, LinearSchedule, UNet
+        from diffusionkit import DDPMSampler, DenoiseDiffusion, LinearSchedule, UNet
 
         torch.manual_seed(seed)
         self.image = budget.image
         self.net = UNet(**DK_NET)
         diffusion_kwargs.setdefault("schedule", LinearSchedule(timesteps=budget.timesteps))
+        diffusion_kwargs.setdefault("sampler", DDPMSampler(clip_x0=True))
         self.model = DenoiseDiffusion(self.net, **diffusion_kwargs)
 
     def loss(self, x0: Tensor, generator: torch.Generator) -> Tensor:
@@ -263,14 +268,16 @@ ENTRIES: dict[str, Entry] = {
             "diffusionkit (eps, linear)",
             "diffusionkit",
             EPS_LINEAR,
-            "defaults: linear schedule, eps prediction, DDPM sampler with posterior variance",
+            "defaults (linear schedule, eps prediction, DDPM sampler with posterior variance) "
+            "with x0 clipped while sampling",
             lambda b, s: DiffusionkitContestant(b, s),
         ),
         Entry(
             "diffusionkit (v, sigmoid)",
             "diffusionkit",
             V_SIGMOID,
-            "prediction='v', SigmoidSchedule (plain v MSE), DDPM sampler with posterior variance",
+            "prediction='v', SigmoidSchedule (plain v MSE), DDPM sampler with posterior variance "
+            "and x0 clipped while sampling",
             _dk_v_sigmoid,
         ),
         Entry(

@@ -182,6 +182,13 @@ def test_diffusers_sigmoid_entry_gets_the_same_betas_as_diffusionkit():
     assert c.scheduler.config.prediction_type == "v_prediction"
 
 
+@pytest.mark.parametrize("label", ["diffusionkit (eps, linear)", "diffusionkit (v, sigmoid)"])
+def test_diffusionkit_entries_clip_x0_while_sampling_as_the_peers_do(label):
+    c = quality_budget.ENTRIES[label].build(MICRO, 0)
+    assert isinstance(c, quality_budget.DiffusionkitContestant)
+    assert c.model.sampler.clip_x0
+
+
 def _fd(library, setting, mean, std):
     return {
         "library": library,
