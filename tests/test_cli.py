@@ -89,7 +89,7 @@ def test_train_sample_resume_push_end_to_end(tmp_path, capsys, hub_tokens):
         (["--image-size", "10", "--dim-mults", "1,2,2"], ["--image-size 10", "multiple of 4"]),
         (["--attn-levels", "3"], ["--attn-levels", "out of range"]),
         (["--groups", "3"], ["--groups 3"]),
-        (["--schedule", "quadratic"], ["--schedule", "linear, cosine"]),
+        (["--schedule", "quadratic"], ["--schedule", "linear, cosine, sigmoid"]),
     ],
 )
 def test_out_of_range_options_are_one_line_usage_errors(tmp_path, capsys, args, needles):
@@ -161,3 +161,15 @@ def test_help_explains_every_option(capsys):
         assert flag in help_text
     # every option has an explanation: no option line ends without help text
     assert "(default: None)" not in help_text
+
+
+def test_sigmoid_schedule_with_v_prediction_from_the_command_line(tmp_path, capsys):
+    from diffusionkit import DenoiseDiffusion, SigmoidSchedule
+
+    out = tmp_path / "run"
+    args = ["--out", str(out), *TINY, "--steps", "2", "--schedule", "sigmoid", "--prediction", "v"]
+    code, _, err = run_cli(capsys, "train", *args)
+    assert code == 0, err
+    model = DenoiseDiffusion.from_pretrained(out)
+    assert model.schedule == SigmoidSchedule(timesteps=20)
+    assert model.prediction.value == "v"

@@ -71,7 +71,7 @@ def _boolean(value: Any) -> bool:
     raise argparse.ArgumentTypeError(f"must be true or false, got {value!r}")
 
 
-_SCHEDULES = ("linear", "cosine")
+_SCHEDULES = ("linear", "cosine", "sigmoid")
 _PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 #: every ``train`` option; the defaults train a recognisable digits model on 2 CPU cores in a
@@ -147,8 +147,9 @@ OPTIONS: tuple[Option, ...] = (
         "schedule",
         choice(*_SCHEDULES),
         "cosine",
-        "noise schedule: cosine (Nichol & "
-        "Dhariwal 2021) or linear (Ho et al. 2020, scaled to the number of timesteps)",
+        "noise schedule: cosine (Nichol & Dhariwal 2021), linear (Ho et al. 2020, scaled to "
+        "the number of timesteps) or sigmoid (Jabri et al. 2022; train it with --prediction v, "
+        "which the quality benchmark measured best on small images)",
         "model",
         "NAME",
     ),
@@ -473,7 +474,8 @@ def build_model(settings: dict[str, Any]) -> Any:
     """The ``DenoiseDiffusion`` described by ``settings``."""
     import torch
 
-    from diffusionkit import CosineSchedule, DDPMSampler, DenoiseDiffusion, LinearSchedule, UNet
+    from diffusionkit import DDPMSampler, DenoiseDiffusion, UNet
+    from diffusionkit.schedules import SCHEDULES
 
     torch.manual_seed(settings["seed"])
     levels = len(settings["dim_mults"])
@@ -487,7 +489,6 @@ def build_model(settings: dict[str, Any]) -> Any:
         mid_attn=bool(settings["attn_levels"]),
         dropout=settings["dropout"],
     )
-    schedule_cls = CosineSchedule if settings["schedule"] == "cosine" else LinearSchedule
     # Clipping x0_hat to [-1, 1] at each reverse step (as improved-diffusion and lucidrains
     # sample by default) matters with the cosine schedule: its last beta is 0.999, so the
     # first reverse step multiplies the network's error by 1 / sqrt(1 - 0.999) = 32. Measured
@@ -495,7 +496,7 @@ def build_model(settings: dict[str, Any]) -> Any:
     # without clipping, none and 1.6 with it. The sampler is saved with the model.
     return DenoiseDiffusion(
         net,
-        schedule_cls(timesteps=settings["timesteps"]),
+        SCHEDULES.build(settings["schedule"], {"timesteps": settings["timesteps"]}),
         DDPMSampler(clip_x0=settings["clip_x0"]),
         prediction=settings["prediction"],
     )
