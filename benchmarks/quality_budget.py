@@ -121,7 +121,7 @@ FULL = Budget()
 QUICK = Budget(checkpoints=(150,), n_samples=500, seeds=(0,))
 #: benchmark 5: 28x28 images cost about 12 times as much per step as 8x8 ones
 FASHION = Budget(checkpoints=(1000, 2000), dataset="fashion-mnist")
-QUICK_FASHION = Budget(checkpoints=(50,), n_samples=200, seeds=(0,), dataset="fashion-mnist")
+QUICK_FASHION = Budget(checkpoints=(20,), n_samples=100, seeds=(0,), dataset="fashion-mnist")
 
 
 # ---------------------------------------------------------------------------- contestants

@@ -3,7 +3,7 @@
 Usage (from the repository root, with the ``benchmarks`` extra installed)::
 
     python benchmarks/run.py                 # everything, results in benchmarks/results/latest.*
-    python benchmarks/run.py --quick         # about 13 minutes on 2 cores; results in benchmarks/results/quick.*
+    python benchmarks/run.py --quick         # a smoke run of the harness; results in benchmarks/results/quick.*
     python benchmarks/run.py --only speed    # any of: speed, sampling_overhead, memory, quality,
                                              # quality_fashion, levers
 
@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--quick", action="store_true", help="short variant (about 13 minutes on 2 cores)"
+        "--quick",
+        action="store_true",
+        help="short variant: a smoke run of the harness, not for comparison",
     )
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these")
     parser.add_argument(
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         metavar="N",
         help="quality: training steps at which to score (default 500 1000 2000, Fashion-MNIST "
-        "1000 2000; --quick 150 and 50)",
+        "1000 2000; --quick 150 and 20)",
     )
     parser.add_argument(
         "--quality-samples", type=int, metavar="N", help="quality: samples scored per checkpoint"
