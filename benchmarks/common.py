@@ -49,6 +49,8 @@ class Context:
         log: prints one progress line.
         quality_changes: fields of ``quality_budget.Budget`` that replace those of the quality
             benchmarks' default budgets (e.g. ``{"n_samples": 500}``).
+        quality_settings: run only the quality configurations of these settings (e.g.
+            ``("v, sigmoid",)``); empty: all of them.
     """
 
     quick: bool
@@ -57,6 +59,7 @@ class Context:
     out_dir: Path
     log: Callable[[str], None] = print
     quality_changes: dict[str, Any] = field(default_factory=dict)
+    quality_settings: tuple[str, ...] = ()
 
 
 def cpu_model() -> str:

@@ -462,6 +462,11 @@ def verdict(configs: dict[str, Any], budget: Budget) -> dict[str, Any]:
     }
 
 
+def selected_labels(settings: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The labels of :data:`ENTRIES` in ``settings`` (all of them when it is empty)."""
+    return tuple(k for k, e in ENTRIES.items() if not settings or e.setting in settings)
+
+
 def run(
     ctx: Context,
     budget: Budget | None = None,
@@ -473,7 +478,8 @@ def run(
     Args:
         ctx: the run's context; its ``quality_changes`` replace fields of the default budget.
         budget: the budget to use as it is (``ctx.quality_changes`` are then ignored).
-        labels: configurations to run (default: all of :data:`ENTRIES`).
+        labels: configurations to run (default: those of :data:`ENTRIES` in
+            ``ctx.quality_settings``, or all).
         default: the budget before ``ctx.quality_changes`` (default: :data:`QUICK` or
             :data:`FULL`).
     """
@@ -482,7 +488,7 @@ def run(
     if budget is None:
         base = default or (QUICK if ctx.quick else FULL)
         budget = dataclasses.replace(base, **ctx.quality_changes)
-    labels = labels or tuple(ENTRIES)
+    labels = labels or selected_labels(ctx.quality_settings)
     jobs = [(label, seed) for seed in budget.seeds for label in labels]
     # longest first (lucidrains' network is the slowest), so the workers finish together
     jobs.sort(key=lambda j: ENTRIES[j[0]].library != "lucidrains")

@@ -112,6 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quality-seeds", type=int, nargs="+", metavar="S", help="quality: seeds (default 0 1 2)"
     )
+    parser.add_argument(
+        "--quality-settings",
+        nargs="+",
+        choices=[quality_budget.EPS_LINEAR, quality_budget.V_SIGMOID],
+        metavar="SETTING",
+        help="quality: only the configurations of these settings ('eps, linear', 'v, sigmoid'; "
+        "default both)",
+    )
     args = parser.parse_args(argv)
 
     threads = set_threads(args.threads)
@@ -137,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=threads,
         out_dir=args.out,
         quality_changes=changes,
+        quality_settings=tuple(args.quality_settings or ()),
     )
     machine = machine_info(device)
     ctx.log(

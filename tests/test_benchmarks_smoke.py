@@ -171,6 +171,16 @@ def test_every_library_runs_in_both_settings():
     }
 
 
+def test_quality_settings_select_one_configuration_per_library():
+    labels = quality_budget.selected_labels((quality_budget.V_SIGMOID,))
+    assert labels == (
+        "diffusionkit (v, sigmoid)",
+        "diffusers (v, sigmoid)",
+        "lucidrains (v, sigmoid)",
+    )
+    assert quality_budget.selected_labels() == tuple(quality_budget.ENTRIES)
+
+
 def test_diffusers_sigmoid_entry_gets_the_same_betas_as_diffusionkit():
     pytest.importorskip("diffusers")
     from diffusionkit import SigmoidSchedule
