@@ -29,6 +29,7 @@ import dataclasses
 import math
 import os
 import statistics
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -382,9 +383,18 @@ def _swapped(params: list[nn.Parameter], values: list[Tensor]) -> Iterator[None]
                 p.copy_(v)
 
 
-def _worker_init() -> None:
+def _exit_when_orphaned(parent: int, interval: float = 2.0) -> None:
+    """End this worker once ``parent`` is gone (a killed run must not leave its workers running)."""
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)
+
+
+def _worker_init(parent: int | None = None) -> None:
     os.environ["TQDM_DISABLE"] = "1"
     torch.set_num_threads(1)
+    if parent is not None:
+        threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
 
 
 def _summary(values: list[float]) -> dict[str, Any]:
@@ -501,7 +511,10 @@ def run(
     start = time.perf_counter()
     runs: list[dict[str, Any]] = []
     pool = ProcessPoolExecutor(
-        ctx.threads, mp_context=get_context("spawn"), initializer=_worker_init
+        ctx.threads,
+        mp_context=get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(os.getpid(),),
     )
     with pool:
         futures = [pool.submit(train_and_score, label, seed, budget) for label, seed in jobs]

@@ -116,6 +116,50 @@ def test_two_step_quality_run_of_the_peers(label):
     assert r["scores"]["2"]["fd"] > 0
 
 
+_POOL_PARENT = """
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from benchmarks.quality_budget import _worker_init
+pool = ProcessPoolExecutor(
+    1, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(os.getpid(),)
+)
+print(pool.submit(os.getpid).result(), flush=True)
+time.sleep(120)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in status  # a zombie has exited
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_quality_workers_exit_when_their_parent_is_killed():
+    import signal
+    import subprocess
+    import time
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _POOL_PARENT, str(ROOT)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        worker = int(parent.stdout.readline())
+        assert _running(worker)
+        parent.send_signal(signal.SIGKILL)  # no clean shutdown of the pool
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while _running(worker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _running(worker)
+    finally:
+        parent.kill()
+
+
 def test_budget_rejects_unsorted_checkpoints():
     with pytest.raises(ValueError, match="ascending"):
         quality_budget.Budget(checkpoints=(10, 5))
