@@ -170,7 +170,7 @@ def _quality_md(r: dict[str, Any]) -> list[str]:
     lines = [
         f"{title}, {b['batch']} images per step, T = {b['timesteps']} diffusion steps (full "
         f"chains), {b['n_samples']} samples per checkpoint scored against the "
-        f"{r.get('n_reference', 540):,} held-out {items}; {r['optimizer']}; mean +- std over "
+        f"{int(r.get('n_reference', 540)):,} held-out {items}; {r['optimizer']}; mean +- std over "
         f"seeds {b['seeds']}. Frechet distance (FD) and KID in the feature space of the shipped "
         f"{dataset} classifier (lower is better); precision / recall (higher is better).",
         "",
