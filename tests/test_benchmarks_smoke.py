@@ -197,10 +197,7 @@ def test_fashion_section_without_its_data_is_skipped_with_the_reason(monkeypatch
     from benchmarks import quality_fashion
     from benchmarks.quality import fashion
 
-    def missing(root=None):
-        raise FileNotFoundError("Install them with: apt-get install dataset-fashion-mnist")
-
-    monkeypatch.setattr(fashion, "fashion_split", missing)
+    monkeypatch.setattr(fashion, "FASHION_MNIST_DIR", tmp_path / "absent")
     ctx = common.Context(quick=True, device=torch.device("cpu"), threads=1, out_dir=tmp_path)
     result = quality_fashion.run(ctx)
     assert "apt-get install dataset-fashion-mnist" in result["skipped"]
