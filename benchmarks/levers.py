@@ -10,16 +10,21 @@ with the methods of ``common.time_alternating``. A ratio below 1 means the lever
   ``softmax(q k^T / sqrt(d)) v``.
 * ``out-of-place``: the residual blocks without their in-place additions and SiLUs (the
   default does them in place where autograd allows).
-* ``bf16``: ``torch.autocast("cpu", torch.bfloat16)`` against fp32.
+* ``bf16``: ``torch.autocast("cpu", torch.bfloat16)`` of the forward pass against fp32, for
+  inference and for training steps (weights, gradients and AdamW stay fp32, as in
+  ``Trainer(precision="bf16")``). Whether it helps depends on the CPU's bf16 instructions,
+  which the result records.
 * ``compile``: ``nn.Module.compile()`` (opt-in; full runs only: compiling takes minutes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 import types
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -27,7 +32,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from benchmarks.common import Context, time_alternating
+from benchmarks.common import Context, cpu_features, time_alternating
 from diffusionkit import UNet
 from diffusionkit.networks import layers
 
@@ -109,24 +114,30 @@ def _compare(
     fns: dict[str, Callable[[], Any]] = {}
     for name, net in nets.items():
         net.train(train)
+        # the autocast lever casts the forward pass only, as ``Trainer(precision="bf16")`` does
+        cast: Callable[[], AbstractContextManager[Any]] = (
+            (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+            if name == autocast
+            else contextlib.nullcontext
+        )
         if train:
             opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
 
-            def step(net: nn.Module = net, opt: torch.optim.Optimizer = opt) -> None:
+            def step(
+                net: nn.Module = net, opt: torch.optim.Optimizer = opt, cast: Any = cast
+            ) -> None:
                 opt.zero_grad(set_to_none=True)
-                F.mse_loss(net(x, t), x).backward()
+                with cast():
+                    out = net(x, t)
+                F.mse_loss(out.float(), x).backward()
                 opt.step()
 
             fns[name] = step
         else:
 
-            def forward(net: nn.Module = net, name: str = name) -> None:
-                with torch.inference_mode():
-                    if autocast and name == autocast:
-                        with torch.autocast(device.type, dtype=torch.bfloat16):
-                            net(x, t)
-                    else:
-                        net(x, t)
+            def forward(net: nn.Module = net, cast: Any = cast) -> None:
+                with torch.inference_mode(), cast():
+                    net(x, t)
 
             fns[name] = forward
     timings = time_alternating(fns, repeats=repeats, warmup=1, device=device)
@@ -170,12 +181,14 @@ def run(ctx: Context) -> dict[str, Any]:
             "default": copy.deepcopy(cifar),
             "nchw": _nchw(cifar),
             "out-of-place": _patched(cifar, layers.ResBlock, _out_of_place_resblock),
+            "bf16 autocast": copy.deepcopy(cifar),
         },
         16,
         32,
         max(3, repeats // 2),
         True,
         device,
+        autocast="bf16 autocast",
     )
     log(key, out[key])
     del cifar
@@ -196,8 +209,14 @@ def run(ctx: Context) -> dict[str, Any]:
             out[key] = _compare(nets, batch, size, repeats * 3, False, device)
             log(key, out[key])
         key = f"{name} train step b{train_batch}"
-        nets = {"default": copy.deepcopy(net), other: copy.deepcopy(alt)}
-        out[key] = _compare(nets, train_batch, size, repeats * 3, True, device)
+        nets = {
+            "default": copy.deepcopy(net),
+            other: copy.deepcopy(alt),
+            "bf16 autocast": copy.deepcopy(net),
+        }
+        out[key] = _compare(
+            nets, train_batch, size, repeats * 3, True, device, autocast="bf16 autocast"
+        )
         log(key, out[key])
 
     if not quick:
@@ -220,4 +239,4 @@ def run(ctx: Context) -> dict[str, Any]:
         out[key]["compile_seconds"] = compile_s
         log(key, out[key])
         ctx.log(f"    (compiling took {compile_s:.0f} s)")
-    return {"repeats": repeats, "cases": out}
+    return {"repeats": repeats, "cpu_features": cpu_features(), "cases": out}

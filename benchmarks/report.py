@@ -222,10 +222,20 @@ def _quality_md(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _features_sentence(r: dict[str, Any]) -> str:
+    """What the CPU offers for bf16, which decides the bf16 lever (older results: nothing)."""
+    if "cpu_features" not in r:
+        return ""
+    features = r["cpu_features"]
+    bf16 = [f for f in features if "bf16" in f]
+    listed = ", ".join(features) or "none of them reported"
+    return f" CPU extensions: {listed}; bf16 instructions: {', '.join(bf16) or 'none'}."
+
+
 def _levers_md(r: dict[str, Any]) -> list[str]:
     lines = [
         "Time of each lever relative to diffusionkit's default on the same weights and inputs "
-        f"(median of {r['repeats']}+ alternating runs; below 1 = faster).",
+        f"(median of {r['repeats']}+ alternating runs; below 1 = faster)." + _features_sentence(r),
         "",
         "| case | default ms | lever: time / default |",
         "|---|---|---|",

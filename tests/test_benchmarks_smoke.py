@@ -63,6 +63,33 @@ def test_machine_info_names_the_cpu_and_threads():
     assert info["versions"]["torch"] is not None
 
 
+def test_cpu_features_reads_the_flags_line(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("model name\t: X\nflags\t\t: fpu avx2 fma avx512f avx512_bf16 sse\n")
+    real_open = open
+    monkeypatch.setattr(
+        "builtins.open",
+        lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k),
+    )
+    assert common.cpu_features() == ["avx2", "fma", "avx512f", "avx512_bf16"]
+    assert "avx512_bf16" in common.machine_info(torch.device("cpu"))["cpu_features"]
+
+
+def test_levers_time_a_bf16_training_step_against_fp32():
+    from benchmarks import levers
+
+    torch.manual_seed(0)
+    net = levers.UNet(**levers.DIGITS)
+    nets = {"default": net, "bf16 autocast": levers.copy.deepcopy(net)}
+    before = [p.detach().clone() for p in nets["bf16 autocast"].parameters()]
+    r = levers._compare(nets, 2, 8, 1, True, torch.device("cpu"), autocast="bf16 autocast")
+    assert set(r["ratio_to_default"]) == {"default", "bf16 autocast"}
+    assert r["ratio_to_default"]["default"] == 1.0 and r["ratio_to_default"]["bf16 autocast"] > 0
+    after = list(nets["bf16 autocast"].parameters())
+    assert all(p.dtype == torch.float32 for p in after)  # autocast leaves the weights fp32
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))  # trained
+
+
 def test_net_timer_counts_exactly_the_calls_and_removes_its_hooks():
     net = nn.Linear(3, 3)
     timer = sampling_overhead.NetTimer(net, torch.device("cpu"))
@@ -348,7 +375,23 @@ def _fake_results() -> dict:
         "configs": configs,
         "baselines": {"train real": {m: 0.2 for m in quality_budget.METRICS}},
     }
-    sections = {"speed": speed, "sampling_overhead": overhead, "memory": mem, "quality": quality}
+    levers = {
+        "repeats": 1,
+        "cpu_features": ["avx2", "avx512_bf16"],
+        "cases": {
+            "small train step b64": {
+                "median_ms": {"default": 10.0},
+                "ratio_to_default": {"default": 1.0, "bf16 autocast": 0.7},
+            }
+        },
+    }
+    sections = {
+        "speed": speed,
+        "sampling_overhead": overhead,
+        "memory": mem,
+        "quality": quality,
+        "levers": levers,
+    }
     return {
         "format_version": report.FORMAT_VERSION,
         "benchmarks": {k: {"meta": meta, "result": v} for k, v in sections.items()},
@@ -366,6 +409,8 @@ def test_report_writes_json_markdown_and_a_small_chart(tmp_path):
     assert "| forward b16 | 800.0 (800.0-800.0) | 900.0 (900.0-900.0) | 1.125 |" in md
     assert "ratio <= 1.0: **not met**" in md and "<= 0.5%: met" in md
     assert "load average 0.1 at start, 0.2 at end" in md
+    assert "| small train step b64 | 10.00 | bf16 autocast 0.700 |" in md
+    assert "bf16 instructions: avx512_bf16." in md
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
     assert paths["png"].stat().st_size < 200_000
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
