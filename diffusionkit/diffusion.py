@@ -20,7 +20,7 @@ from diffusionkit.conditioning import check_cond, check_labels, drop_condition, 
 from diffusionkit.editing import Inpainting, check_image, noised
 from diffusionkit.guidance import guided
 from diffusionkit.hub.mixin import PretrainedMixin
-from diffusionkit.prediction import Prediction, split_prediction
+from diffusionkit.prediction import Prediction, predicted_eps, split_prediction
 from diffusionkit.samplers import DDPMSampler, Sampler, get_sampler
 from diffusionkit.sampling_plan import SamplingPlan, plan_sampling
 from diffusionkit.schedules import LinearSchedule, NoiseSchedule
@@ -518,29 +518,39 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
         """
         schedule, batch = plan.schedule, x.shape[0]
         model_t = plan.timesteps.tolist()
+        order = range(schedule.timesteps - 1, plan.stop - 1, -1)
+        # the per-step timestep batches, built before the loop rather than between network calls
         t_dev = plan.timesteps.to(x.device)
+        t_batches = {i: t_dev[i].expand(batch) for i in order}
         xs: list[Tensor] | None = [x.cpu()] if record else None
         x0s: list[Tensor] = []
-        order = range(schedule.timesteps - 1, plan.stop - 1, -1)
         for step, i in enumerate(tqdm(order, desc="sampling", disable=not progress)):
             coef = schedule.step_coefficients(i)
             a, b = coef.alpha_cumprod**0.5, (1.0 - coef.alpha_cumprod) ** 0.5
-            t = t_dev[i].expand(batch)
+            t = t_batches[i]
+            # x0_hat costs two passes over the batch: only where the step or the caller reads it
+            need_x0 = record or callback is not None or sampler.uses_x0(coef)
             repeats = inpaint.resample_jumps if inpaint is not None and i > plan.stop else 0
             for repeat in range(repeats + 1):
                 if repeat:  # RePaint's jump back from t-1 to t (Lugmayr et al. 2022, Alg. 1)
                     x = Inpainting.jump_back(x, coef.alpha, coef.beta, generator)
                 if inpaint is not None:
                     x = inpaint.replace(x, coef.alpha_cumprod, generator)
-                eps, x0 = split_prediction(denoise(x, t), x, a, b, self.prediction)
+                out = denoise(x, t)
+                if need_x0:
+                    eps, x0 = split_prediction(out, x, a, b, self.prediction)
+                else:
+                    eps, x0 = predicted_eps(out, x, a, b, self.prediction), None
                 x = sampler.step(x, eps, x0, coef, generator)
             if inpaint is not None and i == plan.stop:
                 x = inpaint.finish(x, plan.end_alpha_cumprod, generator)
-            if xs is not None:
-                xs.append(x.cpu())
-                x0s.append(x0.cpu())
-            if callback is not None:
-                callback(step, model_t[i], x, x0)
+            if xs is not None or callback is not None:
+                assert x0 is not None  # need_x0 held at this step
+                if xs is not None:
+                    xs.append(x.cpu())
+                    x0s.append(x0.cpu())
+                if callback is not None:
+                    callback(step, model_t[i], x, x0)
         return x, (None if xs is None else (xs, x0s))
 
     def _sample_shape(

@@ -7,7 +7,7 @@ from enum import Enum
 import torch
 from torch import Tensor
 
-__all__ = ["Prediction", "split_prediction"]
+__all__ = ["Prediction", "predicted_eps", "split_prediction"]
 
 
 class Prediction(str, Enum):
@@ -45,4 +45,23 @@ def split_prediction(
     if kind is Prediction.X0:
         return (x_t - a * out) / b, out
     # v = a eps - b x0 and x_t = a x0 + b eps, with a² + b² = 1  (Salimans & Ho 2022, App. D)
+    if isinstance(a, float) and isinstance(b, float):  # the sampling loop: two fused ops each
+        return torch.mul(x_t, b).add_(out, alpha=a), torch.mul(x_t, a).add_(out, alpha=-b)
     return b * x_t + a * out, a * x_t - b * out
+
+
+def predicted_eps(out: Tensor, x_t: Tensor, a: float, b: float, kind: Prediction) -> Tensor:
+    """Only the ``eps`` of :func:`split_prediction`, for a step that does not read ``x0``.
+
+    Args:
+        out: network output ``(B, C, H, W)``, of type ``kind``.
+        x_t: the noisy input ``(B, C, H, W)``.
+        a: ``sqrt(abar_t)``.
+        b: ``sqrt(1 - abar_t)``.
+        kind: what ``out`` is.
+    """
+    if kind is Prediction.EPS:
+        return out
+    if kind is Prediction.X0:  # the same expressions as there: bit-identical samples
+        return (x_t - a * out) / b
+    return torch.mul(x_t, b).add_(out, alpha=a)

@@ -3,7 +3,10 @@
 A sampler holds no mutable state: everything a step needs comes in its arguments, and all
 randomness comes from the optional ``generator``. The owning
 :class:`~diffusionkit.DenoiseDiffusion` turns the network output into both ``eps_hat`` and
-``x0_hat`` whatever the prediction type, so every sampler works with every parameterization.
+``x0_hat`` whatever the prediction type, so every sampler works with every parameterization;
+a sampler that does not read ``x0_hat`` at a step says so in :meth:`Sampler.uses_x0`, and the
+loop then skips computing it (two passes over the batch per step, measured in
+docs/performance.md).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ class Sampler(ABC):
         self,
         x_t: Tensor,
         eps: Tensor,
-        x0: Tensor,
+        x0: Tensor | None,
         coef: StepCoefficients,
         generator: Generators = None,
     ) -> Tensor:
@@ -53,10 +56,16 @@ class Sampler(ABC):
         Args:
             x_t: current noisy images ``(B, C, H, W)``.
             eps: predicted noise ``eps_hat(x_t, t)``, same shape.
-            x0: predicted clean images ``x0_hat(x_t, t)``, same shape (consistent with ``eps``).
+            x0: predicted clean images ``x0_hat(x_t, t)``, same shape (consistent with ``eps``);
+                ``None`` only where :meth:`uses_x0` returned ``False`` for ``coef``.
             coef: the schedule's scalars at this step (``coef.index == 0`` is the last step).
             generator: source of the step's noise (one, or one per sample).
         """
+
+    def uses_x0(self, coef: StepCoefficients) -> bool:
+        """Whether :meth:`step` reads ``x0`` at ``coef``. Where it does not, the sampling loop
+        may pass ``None`` instead of computing it. ``True`` unless a subclass knows better."""
+        return True
 
     @abstractmethod
     def config(self) -> dict[str, Any]:
@@ -92,6 +101,13 @@ def _add_noise(mean: Tensor, std: float, x_t: Tensor, generator: Generators) -> 
     return mean.add_(_noise_like(x_t, generator), alpha=std)
 
 
+def _given(x0: Tensor | None) -> Tensor:
+    """``x0``, which a sampler whose :meth:`Sampler.uses_x0` is true must have been given."""
+    if x0 is None:
+        raise TypeError("this step reads x0_hat: pass it (uses_x0 is True here)")
+    return x0
+
+
 def _eps_from_x0(x_t: Tensor, x0: Tensor, coef: StepCoefficients) -> Tensor:
     # invert x_t = sqrt(abar) x0 + sqrt(1 - abar) eps  (Ho et al. 2020, eq. 4)
     return (x_t - coef.alpha_cumprod**0.5 * x0) / (1.0 - coef.alpha_cumprod) ** 0.5
@@ -124,14 +140,14 @@ class DDPMSampler(Sampler):
         self,
         x_t: Tensor,
         eps: Tensor,
-        x0: Tensor,
+        x0: Tensor | None,
         coef: StepCoefficients,
         generator: Generators = None,
     ) -> Tensor:
-        if self.clip_x0 or coef.alpha == 0.0:
+        if self.uses_x0(coef):
             # eq. 7's form: with a clipped x0_hat, or where alpha_t = 0 (beta_t = 1: x_t holds
             # no signal and eq. 11's form below divides by zero)
-            x0 = x0.clamp(-1.0, 1.0) if self.clip_x0 else x0
+            x0 = _given(x0).clamp(-1.0, 1.0) if self.clip_x0 else _given(x0)
             mean = torch.mul(x_t, coef.posterior_mean_coef_xt)
             mean.add_(x0, alpha=coef.posterior_mean_coef_x0)
         else:  # eq. 11: (x_t - beta_t / sqrt(1 - abar_t) eps_hat) / sqrt(alpha_t), two fused ops
@@ -141,6 +157,10 @@ class DDPMSampler(Sampler):
             return mean
         var = coef.posterior_variance if self.variance is Variance.POSTERIOR else coef.beta
         return _add_noise(mean, var**0.5, x_t, generator)
+
+    def uses_x0(self, coef: StepCoefficients) -> bool:
+        """Only with ``clip_x0`` or where ``alpha_t = 0``: eq. 11 needs ``eps_hat`` alone."""
+        return self.clip_x0 or coef.alpha == 0.0
 
     def config(self) -> dict[str, Any]:
         return {"variance": self.variance.value, "clip_x0": self.clip_x0}
@@ -168,10 +188,11 @@ class PosteriorMeanSampler(Sampler):
         self,
         x_t: Tensor,
         eps: Tensor,
-        x0: Tensor,
+        x0: Tensor | None,
         coef: StepCoefficients,
         generator: Generators = None,
     ) -> Tensor:
+        x0 = _given(x0)
         if self.clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
         mean = torch.mul(x_t, coef.posterior_mean_coef_xt)
@@ -221,10 +242,11 @@ class DDIMSampler(Sampler):
         self,
         x_t: Tensor,
         eps: Tensor,
-        x0: Tensor,
+        x0: Tensor | None,
         coef: StepCoefficients,
         generator: Generators = None,
     ) -> Tensor:
+        x0 = _given(x0)
         if self.clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
             eps = _eps_from_x0(x_t, x0, coef)

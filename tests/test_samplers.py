@@ -146,3 +146,77 @@ def test_sampler_arguments_are_exposed_and_validated():
     assert SAMPLERS.get("posterior-mean") is PosteriorMeanSampler
     with pytest.raises(TypeError):
         Sampler()  # abstract
+
+
+class _Recording(DDPMSampler):
+    """A DDPM sampler that records, per step, whether the loop computed x0_hat for it."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.got_x0: list[bool] = []
+
+    def step(self, x_t, eps, x0, coef, generator=None):
+        self.got_x0.append(x0 is not None)
+        return super().step(x_t, eps, x0, coef, generator)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_loop_computes_x0_only_where_the_step_or_the_caller_reads_it(prediction):
+    schedule = LinearSchedule(25)
+    shape = (4, 1, 2, 2)
+    plain = _Recording()
+    x = oracle_model(schedule, plain, prediction).reverse_sample(
+        shape, generator=seeded(0), progress=False
+    )
+    assert plain.got_x0 == [False] * 25  # eq. 11 reads eps_hat alone
+    clipped = _Recording(clip_x0=True)
+    oracle_model(schedule, clipped, prediction).reverse_sample(
+        shape, generator=seeded(0), progress=False
+    )
+    assert clipped.got_x0 == [True] * 25
+    seen = []
+    watched = _Recording()
+    y = oracle_model(schedule, watched, prediction).reverse_sample(
+        shape, generator=seeded(0), progress=False, callback=lambda *a: seen.append(a[3])
+    )
+    assert watched.got_x0 == [True] * 25 and all(isinstance(v, torch.Tensor) for v in seen)
+    torch.testing.assert_close(x, y, rtol=0, atol=0)  # skipping x0 changes nothing else
+    # the default for any other sampler: always given x0
+    assert Sampler.uses_x0(PosteriorMeanSampler(), schedule.step_coefficients(3))
+
+
+def test_ddpm_reads_x0_where_alpha_is_zero():
+    from diffusionkit.schedules import ZeroTerminalSNRSchedule
+
+    schedule = ZeroTerminalSNRSchedule(LinearSchedule(25))
+    assert schedule.step_coefficients(24).alpha == 0.0
+    sampler = _Recording()
+    x = oracle_model(schedule, sampler, "v").reverse_sample(
+        (4, 1, 2, 2), generator=seeded(0), progress=False
+    )
+    assert sampler.got_x0 == [True] + [False] * 24  # eq. 7's form only at the first step
+    assert torch.isfinite(x).all()
+
+
+def test_samplers_that_read_x0_reject_none_clearly():
+    coef = CosineSchedule(10).step_coefficients(5)
+    x = torch.zeros(1, 1, 2, 2)
+    for sampler in (PosteriorMeanSampler(), DDPMSampler(clip_x0=True)):
+        assert sampler.uses_x0(coef)
+        with pytest.raises(TypeError, match="x0_hat"):
+            sampler.step(x, x, None, coef)
+
+
+def test_fused_v_split_equals_the_textbook_form():
+    from diffusionkit.prediction import Prediction, predicted_eps, split_prediction
+
+    g = seeded(0)
+    x_t, out = torch.randn(3, 2, 4, 4, generator=g), torch.randn(3, 2, 4, 4, generator=g)
+    a, b = 0.6, 0.8
+    eps, x0 = split_prediction(out, x_t, a, b, Prediction.V)
+    torch.testing.assert_close(eps, b * x_t + a * out)  # Salimans & Ho 2022, App. D
+    torch.testing.assert_close(x0, a * x_t - b * out)
+    for kind in Prediction:
+        torch.testing.assert_close(
+            predicted_eps(out, x_t, a, b, kind), split_prediction(out, x_t, a, b, kind)[0]
+        )
