@@ -465,3 +465,12 @@ def test_reloaded_unet_keeps_the_layout_and_computes_identically(assign):
     x, t = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([1, 9])
     with torch.inference_mode():
         assert torch.equal(net(x, t), loaded(x, t))
+
+
+def test_forward_profile_shares_add_up_and_name_the_convolutions():
+    from benchmarks import profile_forward
+
+    rows = profile_forward.shares(batch=1, calls=1)
+    assert abs(sum(share for _, share, _ in rows) - 1.0) < 1e-6
+    convs = [r for r in rows if "convolution" in r[0]]
+    assert convs and convs[0][2] == 65  # the CIFAR-10 U-Net's 3x3 and 1x1 convolutions
