@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'operator':45s} {'share':>7s} {'calls/forward':>14s}")
     for name, share, count in rows[: args.top]:
         print(f"{name[:45]:45s} {share:7.1%} {count:14d}")
-    conv = sum(s for name, s, _ in rows if "convolution" in name)
+    conv = sum(s for name, s, _ in rows if "conv" in name)
     print(f"convolutions: {conv:.1%} of the forward time; everything else {1 - conv:.1%}")
     return 0
 
