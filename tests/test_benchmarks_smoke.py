@@ -474,3 +474,12 @@ def test_forward_profile_shares_add_up_and_name_the_convolutions():
     assert abs(sum(share for _, share, _ in rows) - 1.0) < 1e-6
     calls = {name: count for name, _, count in rows}
     assert calls["aten::convolution"] == 65  # the CIFAR-10 U-Net's 3x3 and 1x1 convolutions
+
+
+def test_loop_cost_times_the_loop_without_the_stub():
+    from benchmarks import loop_cost
+
+    assert loop_cost.loop_us_per_step(batch=2, evict=False, repeats=1) > 0
+    net = loop_cost.StubNet(2, evict=True)
+    x = torch.zeros(2, 3, 32, 32)
+    assert torch.equal(net(x, torch.zeros(2)), net.out) and net.sweep[0] == 1.0
