@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -258,4 +259,4 @@ def measure_peaks(device: torch.device, *, repeats: int = 5) -> dict[str, Any]:
 
 def python_command() -> str:
     """The command line that started this process, as a reader would retype it."""
-    return " ".join(["python", *sys.argv])
+    return shlex.join(["python", *sys.argv])

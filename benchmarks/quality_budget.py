@@ -447,7 +447,8 @@ def verdict(configs: dict[str, Any], budget: Budget) -> dict[str, Any]:
     """The target: diffusionkit's FD at the last checkpoint is no worse than the best peer's.
 
     "Within the spread" means: the mean FD is at most the best peer configuration's mean FD
-    plus the larger of the two seed standard deviations. The target is judged on the best
+    plus the larger of the two seed standard deviations; with one seed there is no spread and
+    ``met`` is ``None`` (not judged). The target is judged on the best
     configuration of each side (every library in the setting it does best in), and reported
     for each setting (same prediction target and schedule) on its own, like against like.
     """
@@ -464,12 +465,17 @@ def verdict(configs: dict[str, Any], budget: Budget) -> dict[str, Any]:
         theirs = {k: peers[k] for k in peers if configs[k].get("setting", "") == setting}
         if len(mine) == 1 and theirs:
             by_setting[setting] = {"diffusionkit": mine[0], **_compare(ours[mine[0]], theirs)}
-    return {
+    out = {
         "checkpoint": int(last),
         "diffusionkit": best_ours,
         **_compare(ours[best_ours], peers),
         "by_setting": by_setting,
     }
+    if len(budget.seeds) < 2:  # no spread to judge within: compare, but decide nothing
+        out["met"] = None
+        for c in by_setting.values():
+            c["met"] = None
+    return out
 
 
 def selected_labels(settings: tuple[str, ...] = ()) -> tuple[str, ...]:

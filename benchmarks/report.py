@@ -167,11 +167,13 @@ def _quality_md(r: dict[str, Any]) -> list[str]:
     title, items = _DATASETS.get(dataset, (dataset, "images"))
     checkpoints = [str(c) for c in b["checkpoints"]]
     last = checkpoints[-1]
+    # one seed has no spread: print the value alone, and judge nothing against it
+    spread = len(b["seeds"]) > 1
+    seeds = f"mean +- std over seeds {b['seeds']}" if spread else f"one seed ({b['seeds'][0]})"
     lines = [
         f"{title}, {b['batch']} images per step, T = {b['timesteps']} diffusion steps (full "
         f"chains), {b['n_samples']} samples per checkpoint scored against the "
-        f"{int(r.get('n_reference', 540)):,} held-out {items}; {r['optimizer']}; mean +- std over "
-        f"seeds {b['seeds']}. Frechet distance (FD) and KID in the feature space of the shipped "
+        f"{int(r.get('n_reference', 540)):,} held-out {items}; {r['optimizer']}; {seeds}. Frechet distance (FD) and KID in the feature space of the shipped "
         f"{dataset} classifier (lower is better); precision / recall (higher is better).",
         "",
         "| configuration | params | "
@@ -181,7 +183,8 @@ def _quality_md(r: dict[str, Any]) -> list[str]:
     ]
     for label, c in r["configs"].items():
         cells = [
-            f"{c['checkpoints'][k]['fd']['mean']:.3f} +- {c['checkpoints'][k]['fd']['std']:.3f}"
+            f"{c['checkpoints'][k]['fd']['mean']:.3f}"
+            + (f" +- {c['checkpoints'][k]['fd']['std']:.3f}" if spread else "")
             for k in checkpoints
         ]
         end = c["checkpoints"][last]
@@ -192,9 +195,9 @@ def _quality_md(r: dict[str, Any]) -> list[str]:
             f"{end['recall']['mean']:.2f} |"
         )
     for name, s in r["baselines"].items():
-        blank = " | ".join([""] * (len(checkpoints) - 1))
+        fd_cells = [""] * (len(checkpoints) - 1) + [f"{s['fd']:.3f}"]  # under the last FD
         lines.append(
-            f"| *baseline: {name}* | | {blank} | {s['fd']:.3f} | {s['kid']:.4f} | "
+            f"| *baseline: {name}* | | {' | '.join(fd_cells)} | {s['kid']:.4f} | "
             f"{s['precision']:.2f} | {s['recall']:.2f} |"
         )
     lines.append("")
@@ -202,7 +205,15 @@ def _quality_md(r: dict[str, Any]) -> list[str]:
         "Settings: " + "; ".join(f"**{k}**: {c['settings']}" for k, c in r["configs"].items()) + "."
     )
     v = r.get("verdict")
-    if v and v.get("met") is not None:
+    if v and "best_peer" in v and not spread:
+        lines += [
+            "",
+            f"Target not judged: one seed gives no spread to judge within. FD at "
+            f"{v['checkpoint']} steps, best configuration against best configuration: "
+            f"{v.get('diffusionkit', 'diffusionkit')} {v['diffusionkit_fd']:.3f} vs "
+            f"{v['best_peer']} {v['best_peer_fd']:.3f}.",
+        ]
+    elif v and v.get("met") is not None:
         lines += [
             "",
             f"Target (FD at {v['checkpoint']} steps no worse than the best peer within the "

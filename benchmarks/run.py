@@ -91,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-docs", action="store_true", help="do not refresh README/docs tables")
     parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: rewrite the Markdown, the chart and the docs tables from the JSON",
+    )
+    parser.add_argument(
         "--wait-quiet",
         type=float,
         metavar="LOAD",
@@ -155,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
 
     stem = "quick" if args.quick else "latest"
     results = report.load_results(args.out / f"{stem}.json")
-    for name in args.only or list(BENCHMARKS):
+    paths = report.write_results(results, args.out, stem) if args.report_only else {}
+    for name in [] if args.report_only else args.only or list(BENCHMARKS):
         if args.wait_quiet is not None:
             wait_for_quiet(args.wait_quiet, args.max_wait, ctx.log)
         meta = {

@@ -282,13 +282,42 @@ def test_verdict_compares_best_with_best_within_the_spread():
         "a": _fd("diffusers", "eps", 0.47, 0.05),
         "b": _fd("lucidrains", "v", 0.90, 0.01),
     }
-    v = quality_budget.verdict(configs, MICRO)
+    three_seeds = dataclasses.replace(MICRO, seeds=(0, 1, 2))
+    v = quality_budget.verdict(configs, three_seeds)
     assert v["diffusionkit"] == "dk v" and v["best_peer"] == "a" and v["met"]
     # like against like: dk eps (0.90) is worse than a (0.47 + 0.05); dk v beats b
     assert not v["by_setting"]["eps"]["met"] and v["by_setting"]["eps"]["best_peer"] == "a"
     assert v["by_setting"]["v"]["met"] and v["by_setting"]["v"]["best_peer"] == "b"
     configs["a"] = _fd("diffusers", "eps", 0.40, 0.05)
-    assert not quality_budget.verdict(configs, MICRO)["met"]
+    assert quality_budget.verdict(configs, three_seeds)["met"] is False
+    # one seed: compared, but not judged (no spread to judge within)
+    one = quality_budget.verdict(configs, MICRO)
+    assert one["met"] is None and one["best_peer"] == "a"
+    assert all(c["met"] is None for c in one["by_setting"].values())
+
+
+def test_one_seed_report_prints_values_without_a_spread_and_judges_nothing(tmp_path):
+    results = _fake_results()
+    quality = results["benchmarks"]["quality"]["result"]
+    quality["budget"]["checkpoints"] = [2]
+    for c in quality["configs"].values():
+        c["checkpoints"] = {"2": c["checkpoints"]["2"]}
+    quality["verdict"] = {
+        "checkpoint": 2,
+        "diffusionkit": "diffusionkit",
+        "diffusionkit_fd": 0.5,
+        "best_peer": "diffusers",
+        "best_peer_fd": 0.4,
+        "margin": 0.0,
+        "met": False,  # as stored by an older harness
+        "by_setting": {},
+    }
+    md = "\n".join(report._quality_md(quality))
+    assert "| diffusionkit | 252,545 | 0.500 | " in md and "+-" not in md.split("Settings")[0]
+    assert "Target not judged: one seed" in md and "**not met**" not in md
+    baseline = next(line for line in md.splitlines() if "baseline: train real" in line)
+    assert baseline.count("|") == 7  # 6 cells: the FD under the FD column, not under KID
+    assert "| *baseline: train real* | | 0.200 | 0.2000 |" in baseline
 
 
 def test_verdict_without_peers_is_undecided():
