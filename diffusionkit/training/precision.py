@@ -14,8 +14,10 @@ __all__ = ["Precision", "autocast", "default_precision", "make_grad_scaler"]
 class Precision(str, Enum):
     """Precision of the forward pass (weights, optimizer state and EMA always stay fp32).
 
-    * ``FP32``: no autocast. The default on CPUs: CPUs without bf16 matrix units run bf16
-      *slower* than fp32 (measured about 2x slower on the 2-core CPU of the development machine).
+    * ``FP32``: no autocast. The default on CPUs: whether bf16 is faster there depends on the
+      CPU in ways its flags do not predict (measured 5-7x slower on one CPU, 0.63-0.71 of the
+      fp32 time on another and 1.5x slower on a third with the same ``avx512_bf16`` flag; see
+      docs/performance.md), and fp32 gives the same samples from the same seed on every CPU.
     * ``BF16``: ``torch.autocast`` to bfloat16. Same exponent range as fp32, so no loss
       scaling is needed; the default on GPUs that support it.
     * ``FP16``: ``torch.autocast`` to float16 with a dynamic loss scale
