@@ -38,20 +38,26 @@ def split_prediction(
         b: ``sqrt(1 - abar_t)``, likewise.
         kind: what ``out`` is.
     """
+    # x_t = a x0 + b eps (Ho et al. 2020, eq. 4); v = a eps - b x0 and x_t = a x0 + b eps, with
+    # a² + b² = 1 (Salimans & Ho 2022, App. D)
+    if not (isinstance(a, float) and isinstance(b, float)):  # per-sample tensors (training)
+        if kind is Prediction.EPS:
+            return out, (x_t - b * out) / a
+        if kind is Prediction.X0:
+            return (x_t - a * out) / b, out
+        return b * x_t + a * out, a * x_t - b * out
+    # the sampling loop's Python floats: fused ops, and the same eps as predicted_eps
+    eps = predicted_eps(out, x_t, a, b, kind)
     if kind is Prediction.EPS:
-        if isinstance(a, float) and isinstance(b, float):  # the sampling loop: two fused ops
-            return out, torch.add(x_t, out, alpha=-b).div_(a)
-        return out, (x_t - b * out) / a
+        return eps, torch.add(x_t, out, alpha=-b).div_(a)
     if kind is Prediction.X0:
-        return (x_t - a * out) / b, out
-    # v = a eps - b x0 and x_t = a x0 + b eps, with a² + b² = 1  (Salimans & Ho 2022, App. D)
-    if isinstance(a, float) and isinstance(b, float):  # the sampling loop: two fused ops each
-        return torch.mul(x_t, b).add_(out, alpha=a), torch.mul(x_t, a).add_(out, alpha=-b)
-    return b * x_t + a * out, a * x_t - b * out
+        return eps, out
+    return eps, torch.mul(x_t, a).add_(out, alpha=-b)
 
 
 def predicted_eps(out: Tensor, x_t: Tensor, a: float, b: float, kind: Prediction) -> Tensor:
-    """Only the ``eps`` of :func:`split_prediction`, for a step that does not read ``x0``.
+    """Only the ``eps`` of :func:`split_prediction`, for a sampling step that does not read
+    ``x0`` (the loop's Python-float coefficients).
 
     Args:
         out: network output ``(B, C, H, W)``, of type ``kind``.
@@ -62,6 +68,6 @@ def predicted_eps(out: Tensor, x_t: Tensor, a: float, b: float, kind: Prediction
     """
     if kind is Prediction.EPS:
         return out
-    if kind is Prediction.X0:  # the same expressions as there: bit-identical samples
+    if kind is Prediction.X0:
         return (x_t - a * out) / b
     return torch.mul(x_t, b).add_(out, alpha=a)

@@ -147,7 +147,9 @@ class DDPMSampler(Sampler):
         if self.uses_x0(coef):
             # eq. 7's form: with a clipped x0_hat, or where alpha_t = 0 (beta_t = 1: x_t holds
             # no signal and eq. 11's form below divides by zero)
-            x0 = _given(x0).clamp(-1.0, 1.0) if self.clip_x0 else _given(x0)
+            x0 = _given(x0)
+            if self.clip_x0:
+                x0 = x0.clamp(-1.0, 1.0)
             mean = torch.mul(x_t, coef.posterior_mean_coef_xt)
             mean.add_(x0, alpha=coef.posterior_mean_coef_x0)
         else:  # eq. 11: (x_t - beta_t / sqrt(1 - abar_t) eps_hat) / sqrt(alpha_t), two fused ops
