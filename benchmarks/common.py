@@ -63,16 +63,21 @@ class Context:
     quality_settings: tuple[str, ...] = ()
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name from ``/proc/cpuinfo`` (or ``platform.processor()``)."""
+def _cpuinfo(field: str) -> str | None:
+    """The value of the first ``field`` line of ``/proc/cpuinfo`` (``None`` where there is none)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.lower().startswith("model name"):
+                if line.lower().startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name from ``/proc/cpuinfo`` (or ``platform.processor()``)."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 #: instruction-set extensions that decide fp32 and bf16 speed on x86 CPUs
@@ -81,15 +86,8 @@ CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 def cpu_features() -> list[str]:
     """Which of :data:`CPU_FEATURES` the CPU reports in ``/proc/cpuinfo`` (empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return [name for name in CPU_FEATURES if name in flags]
-    except OSError:
-        pass
-    return []
+    flags = set((_cpuinfo("flags") or "").split())
+    return [name for name in CPU_FEATURES if name in flags]
 
 
 def load_average() -> float:

@@ -1,9 +1,10 @@
 """diffusionkit's sampling loop without a network: its own cost per step, warm and cold.
 
 The network is a stub that returns a fixed prediction, so everything timed is the loop: the
-schedule's scalars, the prediction split, the sampler's step and its noise draw. With
-``--evict`` the stub also sweeps a 32 MB buffer at every call, as a real network's activations
-do, so that the loop runs on cold caches, as it does between real network calls. Network time
+schedule's scalars, the prediction split, the sampler's step and its noise draw. It runs twice:
+once on warm caches, and once with a stub that also sweeps a 32 MB buffer at every call, as a
+real network's activations do, so that the loop runs on cold caches, as it does between real
+network calls. Network time
 is taken out with the same hooks as benchmark 2 (``sampling_overhead.NetTimer``).
 
 Run: ``python benchmarks/loop_cost.py [--batch 1] [--threads 1] [--repeats 9]``

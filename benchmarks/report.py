@@ -173,7 +173,8 @@ def _quality_md(r: dict[str, Any]) -> list[str]:
     lines = [
         f"{title}, {b['batch']} images per step, T = {b['timesteps']} diffusion steps (full "
         f"chains), {b['n_samples']} samples per checkpoint scored against the "
-        f"{int(r.get('n_reference', 540)):,} held-out {items}; {r['optimizer']}; {seeds}. Frechet distance (FD) and KID in the feature space of the shipped "
+        f"{int(r.get('n_reference', 540)):,} held-out {items}; {r['optimizer']}; {seeds}. "
+        "Frechet distance (FD) and KID in the feature space of the shipped "
         f"{dataset} classifier (lower is better); precision / recall (higher is better).",
         "",
         "| configuration | params | "
@@ -403,7 +404,7 @@ def replace_section(text: str, body: str) -> str:
 def write_results(results: dict[str, Any], out_dir: Path, stem: str = "latest") -> dict[str, Path]:
     """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``out_dir``."""
     paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("json", "md", "png")}
-    write_atomic(paths["json"], json.dumps(results, indent=1, sort_keys=True) + "\n")
+    write_atomic(paths["json"], json.dumps(results, indent=1) + "\n")
     write_atomic(paths["md"], markdown(results, heading="##"))
     chart(results, paths["png"])
     return paths

@@ -126,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         "default both)",
     )
     args = parser.parse_args(argv)
+    stem = "quick" if args.quick else "latest"
+    results_path = args.out / f"{stem}.json"
+    if args.report_only and args.only:
+        parser.error("--report-only runs nothing: drop --only")
+    if args.report_only and not results_path.is_file():
+        parser.error(f"--report-only: no results to redraw at {results_path}")
 
     threads = set_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)  # for child processes (memory benchmark)
@@ -158,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ctx.log(f"versions: {machine['versions']}")
 
-    stem = "quick" if args.quick else "latest"
-    results = report.load_results(args.out / f"{stem}.json")
+    results = report.load_results(results_path)
     paths = report.write_results(results, args.out, stem) if args.report_only else {}
     for name in [] if args.report_only else args.only or list(BENCHMARKS):
         if args.wait_quiet is not None:

@@ -206,6 +206,22 @@ def test_bad_quality_option_fails_before_any_benchmark_runs(capsys):
     assert "ascending" in capsys.readouterr().err
 
 
+def test_report_only_redraws_from_the_json_and_rejects_what_it_cannot_do(tmp_path, capsys):
+    from benchmarks import run
+
+    for argv, message in (
+        (["--report-only", "--out", str(tmp_path)], "no results to redraw"),
+        (["--report-only", "--only", "speed", "--out", str(tmp_path)], "drop --only"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            run.main(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    report.write_results(_fake_results(), tmp_path)
+    (tmp_path / "latest.md").unlink()
+    assert run.main(["--report-only", "--out", str(tmp_path)]) == 0
+    assert "| forward b16 | 800.0 (800.0-800.0) |" in (tmp_path / "latest.md").read_text()
+
+
 fashion_installed = pytest.mark.skipif(
     not (Path("/usr/share/datasets/fashion-mnist") / "t10k-images-idx3-ubyte.gz").is_file(),
     reason="Debian's dataset-fashion-mnist is not installed",
