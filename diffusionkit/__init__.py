@@ -14,6 +14,9 @@ Quick start::
     samples = model.reverse_sample((4, 1, 16, 16), generator=torch.Generator().manual_seed(0))
 """
 
+# The checkpoint implementation sits above the core; importing it installs it behind the
+# models' save_pretrained / from_pretrained / push_to_hub (see diffusionkit.persistence).
+import diffusionkit.hub  # noqa: F401  (isort: the last import, on purpose)
 from diffusionkit._version import __version__
 from diffusionkit.denoiser import Denoiser
 from diffusionkit.diffusion import DenoiseDiffusion, Prediction, SampleTrajectory
@@ -36,14 +39,17 @@ from diffusionkit.schedules import (
     rescale_zero_terminal_snr,
 )
 from diffusionkit.spacing import Spacing
+from diffusionkit.thresholding import ClipX0, DynamicThreshold, X0Processing
 from diffusionkit.weighting import LossWeighting, MinSNRWeighting
 
 __all__ = [
+    "ClipX0",
     "CosineSchedule",
     "DDIMSampler",
     "DDPMSampler",
     "DenoiseDiffusion",
     "Denoiser",
+    "DynamicThreshold",
     "LinearSchedule",
     "LossWeighting",
     "MinSNRWeighting",
@@ -57,6 +63,7 @@ __all__ = [
     "Spacing",
     "UNet",
     "Variance",
+    "X0Processing",
     "ZeroTerminalSNRSchedule",
     "__version__",
     "get_sampler",

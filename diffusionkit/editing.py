@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 
 from diffusionkit._random import Generators, randn
+from diffusionkit.forward_process import q_sample_at
+from diffusionkit.inputs import check_data_range
 
 __all__ = ["Inpainting", "check_image", "noised"]
 
@@ -45,27 +47,12 @@ def check_image(name: str, x: Tensor, shape: Sequence[int]) -> Tensor:
             f"{name} must be shaped ({batch} or 1, {channels}, {height}, {width}) to match the "
             f"samples {tuple(shape)}; got {tuple(x.shape)}"
         )
-    lo, hi = (v.item() for v in torch.aminmax(x.detach()))
-    if not (abs(lo) < float("inf") and abs(hi) < float("inf")):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    if lo < -1.001 or hi > 1.001:
-        raise ValueError(
-            f"{name} must be scaled to [-1, 1] (diffusionkit's data convention); got values "
-            f"in [{lo:.3g}, {hi:.3g}]. Map [0, 1] images with x * 2 - 1."
-        )
+    check_data_range(name, x)
     return x.expand(*shape)
 
 
-def noised(x0: Tensor, alpha_cumprod: float, generator: Generators) -> Tensor:
-    """Draw from ``q(x_t | x_0) = N(sqrt(abar_t) x0, (1 - abar_t) I)`` (Ho et al. 2020, eq. 4).
-
-    Args:
-        x0: clean images ``(B, C, H, W)``.
-        alpha_cumprod: ``abar_t`` of the target timestep, a Python float.
-        generator: source of the noise (one generator or one per sample).
-    """
-    noise = randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
-    return alpha_cumprod**0.5 * x0 + (1.0 - alpha_cumprod) ** 0.5 * noise
+#: draw from ``q(x_t | x_0)`` for one ``abar_t`` (kept under its earlier name)
+noised = q_sample_at
 
 
 def _check_mask(mask: Tensor, shape: Sequence[int]) -> Tensor:
@@ -145,7 +132,7 @@ class Inpainting:
 
     def replace(self, x_t: Tensor, alpha_cumprod: float, generator: Generators) -> Tensor:
         """``x_t`` with its known region set to ``x_known`` noised to ``abar_t`` (RePaint eq. 8)."""
-        return torch.where(self.known, noised(self.x_known, alpha_cumprod, generator), x_t)
+        return torch.where(self.known, q_sample_at(self.x_known, alpha_cumprod, generator), x_t)
 
     def finish(self, x: Tensor, alpha_cumprod: float, generator: Generators) -> Tensor:
         """The result: known pixels exactly ``x_known`` (``abar = 1``), or noised to ``abar``."""

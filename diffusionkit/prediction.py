@@ -7,7 +7,7 @@ from enum import Enum
 import torch
 from torch import Tensor
 
-__all__ = ["Prediction", "predicted_eps", "split_prediction"]
+__all__ = ["Prediction", "eps_from_x0", "predicted_eps", "predicted_x0", "split_prediction"]
 
 
 class Prediction(str, Enum):
@@ -38,36 +38,55 @@ def split_prediction(
         b: ``sqrt(1 - abar_t)``, likewise.
         kind: what ``out`` is.
     """
-    # x_t = a x0 + b eps (Ho et al. 2020, eq. 4); v = a eps - b x0 and x_t = a x0 + b eps, with
-    # a² + b² = 1 (Salimans & Ho 2022, App. D)
-    if not (isinstance(a, float) and isinstance(b, float)):  # per-sample tensors (training)
-        if kind is Prediction.EPS:
-            return out, (x_t - b * out) / a
-        if kind is Prediction.X0:
-            return (x_t - a * out) / b, out
-        return b * x_t + a * out, a * x_t - b * out
-    # the sampling loop's Python floats: fused ops, and the same eps as predicted_eps
-    eps = predicted_eps(out, x_t, a, b, kind)
-    if kind is Prediction.EPS:
-        return eps, torch.add(x_t, out, alpha=-b).div_(a)
-    if kind is Prediction.X0:
-        return eps, out
-    return eps, torch.mul(x_t, a).add_(out, alpha=-b)
+    return predicted_eps(out, x_t, a, b, kind), predicted_x0(out, x_t, a, b, kind)
 
 
-def predicted_eps(out: Tensor, x_t: Tensor, a: float, b: float, kind: Prediction) -> Tensor:
-    """Only the ``eps`` of :func:`split_prediction`, for a sampling step that does not read
-    ``x0`` (the loop's Python-float coefficients).
+# x_t = a x0 + b eps (Ho et al. 2020, eq. 4); v = a eps - b x0 and x_t = a x0 + b eps, with
+# a² + b² = 1 (Salimans & Ho 2022, App. D). With the sampling loop's Python floats the
+# formulas run as fused in-place ops; with per-sample tensors (training, predict_*) plainly.
+
+
+def predicted_eps(
+    out: Tensor, x_t: Tensor, a: Tensor | float, b: Tensor | float, kind: Prediction
+) -> Tensor:
+    """The ``eps`` implied by the network output ``out`` ``(B, C, H, W)`` at ``x_t``.
 
     Args:
         out: network output ``(B, C, H, W)``, of type ``kind``.
         x_t: the noisy input ``(B, C, H, W)``.
-        a: ``sqrt(abar_t)``.
-        b: ``sqrt(1 - abar_t)``.
+        a: ``sqrt(abar_t)``, a float or a tensor broadcastable to ``x_t``.
+        b: ``sqrt(1 - abar_t)``, likewise.
         kind: what ``out`` is.
     """
     if kind is Prediction.EPS:
         return out
     if kind is Prediction.X0:
         return (x_t - a * out) / b
-    return torch.mul(x_t, b).add_(out, alpha=a)
+    if isinstance(a, float) and isinstance(b, float):
+        return torch.mul(x_t, b).add_(out, alpha=a)
+    return b * x_t + a * out
+
+
+def predicted_x0(
+    out: Tensor, x_t: Tensor, a: Tensor | float, b: Tensor | float, kind: Prediction
+) -> Tensor:
+    """The ``x0`` implied by the network output ``out`` ``(B, C, H, W)`` at ``x_t``.
+
+    Arguments as in :func:`predicted_eps`. For ``eps`` it divides by ``a``, which is zero
+    where the SNR is (the last step of a zero-terminal-SNR schedule).
+    """
+    if kind is Prediction.X0:
+        return out
+    if isinstance(a, float) and isinstance(b, float):
+        if kind is Prediction.EPS:
+            return torch.add(x_t, out, alpha=-b).div_(a)
+        return torch.mul(x_t, a).add_(out, alpha=-b)
+    if kind is Prediction.EPS:
+        return (x_t - b * out) / a
+    return a * x_t - b * out
+
+
+def eps_from_x0(x_t: Tensor, x0: Tensor, a: float, b: float) -> Tensor:
+    """``eps = (x_t - a x0) / b``: the noise consistent with ``x0`` ``(B, C, H, W)`` at ``x_t``
+    (eq. 4 solved for ``eps``; ``b > 0`` at every timestep)."""
+    return (x_t - a * x0) / b

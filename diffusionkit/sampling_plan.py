@@ -51,6 +51,16 @@ class SamplingPlan:
     stop: int
 
     @property
+    def indices(self) -> range:
+        """The schedule indices of the steps, from the first timestep down to :attr:`stop`."""
+        return range(self.schedule.timesteps - 1, self.stop - 1, -1)
+
+    @property
+    def clean_end(self) -> bool:
+        """Whether the chain ends at the clean image (``end_step = -1``)."""
+        return self.stop == 0
+
+    @property
     def visited(self) -> Tensor:
         """``(S,)`` the model timesteps of the network calls, in the order visited (descending)."""
         return self.timesteps[self.stop :].flip(0)
@@ -105,7 +115,8 @@ def plan_sampling(
     count = _check_step(
         "steps", count, 1, window, f"the timesteps {last + 1}..{first} of the chain"
     )
-    visited = spacing.timesteps(window, count) + (last + 1)
+    window_abar = schedule.alphas_cumprod[last + 1 : first + 1] if spacing.needs_schedule else None
+    visited = spacing.timesteps(window, count, window_abar) + (last + 1)
     kept = visited if last < 0 else torch.cat([visited.new_tensor([last]), visited])
     if kept.numel() == total:  # every timestep, in order: the model's own schedule, exactly
         return SamplingPlan(schedule, torch.arange(total), 0)

@@ -15,11 +15,11 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from diffusionkit.configurable import Component
 from diffusionkit.registry import Registry
 
 __all__ = [
@@ -59,11 +59,14 @@ class StepCoefficients:
     posterior_mean_coef_xt: float
 
 
-class NoiseSchedule(ABC):
+class NoiseSchedule(Component, ABC):
     """Abstract variance schedule ``beta_0 .. beta_{T-1}`` of the forward process.
 
     Subclasses implement :meth:`compute_betas`; everything else is derived here, once, in
-    float64. All attributes are 1-D float64 tensors of length ``T`` on the CPU.
+    float64. All attributes are 1-D float64 tensors of length ``T`` on the CPU. The constructor
+    arguments are recorded as the schedule's ``config()`` (see
+    :class:`~diffusionkit.configurable.Component`), which also gives ``repr``, ``==`` and
+    ``hash``.
 
     Attributes:
         timesteps: number of diffusion steps ``T``.
@@ -85,10 +88,6 @@ class NoiseSchedule(ABC):
     @abstractmethod
     def compute_betas(self) -> Tensor:
         """Return ``beta_t`` for ``t = 0 .. T-1`` as a 1-D float64 tensor."""
-
-    @abstractmethod
-    def config(self) -> dict[str, Any]:
-        """The constructor arguments, such that ``type(self)(**self.config())`` is equal."""
 
     def _set_betas(self, betas: Tensor) -> None:
         if betas.ndim != 1 or betas.numel() != self.timesteps:
@@ -144,19 +143,6 @@ class NoiseSchedule(ABC):
     def __len__(self) -> int:
         return self.timesteps
 
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        assert isinstance(other, NoiseSchedule)
-        return self.config() == other.config()
-
-    def __hash__(self) -> int:
-        return hash((type(self).__name__, repr(self.config())))
-
 
 class LinearSchedule(NoiseSchedule):
     """Betas linear in ``t`` (Ho et al. 2020, Sec. 4).
@@ -197,14 +183,6 @@ class LinearSchedule(NoiseSchedule):
             )
         return torch.linspace(start, end, self.timesteps, dtype=torch.float64)
 
-    def config(self) -> dict[str, Any]:
-        return {
-            "timesteps": self.timesteps,
-            "beta_start": self.beta_start,
-            "beta_end": self.beta_end,
-            "scale_with_timesteps": self.scale_with_timesteps,
-        }
-
 
 class CosineSchedule(NoiseSchedule):
     """Cosine schedule of Nichol & Dhariwal 2021 (eq. 17).
@@ -233,9 +211,6 @@ class CosineSchedule(NoiseSchedule):
         f = torch.cos((steps + self.s) / (1.0 + self.s) * math.pi / 2) ** 2
         betas = 1.0 - f[1:] / f[:-1]
         return betas.clamp(max=self.max_beta)
-
-    def config(self) -> dict[str, Any]:
-        return {"timesteps": self.timesteps, "s": self.s, "max_beta": self.max_beta}
 
 
 class SigmoidSchedule(NoiseSchedule):
@@ -283,15 +258,6 @@ class SigmoidSchedule(NoiseSchedule):
         betas = 1.0 - abar[1:] / abar[:-1]
         return betas.clamp(max=self.max_beta)
 
-    def config(self) -> dict[str, Any]:
-        return {
-            "timesteps": self.timesteps,
-            "start": self.start,
-            "end": self.end,
-            "tau": self.tau,
-            "max_beta": self.max_beta,
-        }
-
 
 class ZeroTerminalSNRSchedule(NoiseSchedule):
     """Another schedule rescaled to zero terminal SNR (Lin et al. 2024, Algorithm 1).
@@ -327,9 +293,6 @@ class ZeroTerminalSNRSchedule(NoiseSchedule):
         abar[0], abar[-1] = self.base.alphas_cumprod[0], 0.0  # exactly, whatever the rounding
         abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
         return 1.0 - abar / abar_prev
-
-    def config(self) -> dict[str, Any]:
-        return {"base": self.base}
 
 
 def rescale_zero_terminal_snr(schedule: NoiseSchedule) -> ZeroTerminalSNRSchedule:
@@ -368,9 +331,6 @@ class RespacedSchedule(NoiseSchedule):
         abar = self.base.alphas_cumprod[self.kept]
         abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
         return 1.0 - abar / abar_prev
-
-    def config(self) -> dict[str, Any]:
-        return {"base": self.base, "kept": self.kept.tolist()}
 
 
 #: schedules by class name, for configs (``RespacedSchedule`` is derived at sampling time only)

@@ -10,18 +10,22 @@ error of each sample by a weight that depends on the signal-to-noise ratio
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
 
 from torch import Tensor
 
+from diffusionkit.configurable import Component
 from diffusionkit.prediction import Prediction
 from diffusionkit.registry import Registry
 
 __all__ = ["WEIGHTINGS", "LossWeighting", "MinSNRWeighting"]
 
 
-class LossWeighting(ABC):
-    """Abstract per-timestep loss weight ``w(snr_t)`` for one prediction type."""
+class LossWeighting(Component, ABC):
+    """Abstract per-timestep loss weight ``w(snr_t)`` for one prediction type.
+
+    The constructor arguments are recorded as ``config()`` (see
+    :class:`~diffusionkit.configurable.Component`).
+    """
 
     @abstractmethod
     def weights(self, snr: Tensor, prediction: Prediction) -> Tensor:
@@ -33,23 +37,6 @@ class LossWeighting(ABC):
             prediction: what the network predicts; the same weighting in terms of ``x0`` error
                 becomes a different weight on the ``eps`` or ``v`` error.
         """
-
-    @abstractmethod
-    def config(self) -> dict[str, Any]:
-        """The constructor arguments, such that ``type(self)(**self.config())`` is equal."""
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        assert isinstance(other, LossWeighting)
-        return self.config() == other.config()
-
-    def __hash__(self) -> int:
-        return hash((type(self).__name__, repr(self.config())))
 
 
 class MinSNRWeighting(LossWeighting):
@@ -83,9 +70,6 @@ class MinSNRWeighting(LossWeighting):
         if prediction is Prediction.X0:
             return clamped
         return clamped / (snr + 1.0)
-
-    def config(self) -> dict[str, Any]:
-        return {"gamma": self.gamma}
 
 
 #: loss weightings by class name and short name, for configs

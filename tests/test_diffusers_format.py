@@ -128,6 +128,15 @@ def diffusers_trajectory(unet: UNet2DModel, scheduler: DDPMScheduler, seed: int)
             "prediction_type": "v_prediction",
             "rescale_betas_zero_snr": True,
         },
+        # dynamic thresholding (Saharia et al. 2022), which takes precedence over clip_sample
+        {"variance_type": "fixed_small", "thresholding": True, "sample_max_value": 1.5},
+        {
+            "variance_type": "fixed_large",
+            "clip_sample": True,
+            "thresholding": True,
+            "dynamic_thresholding_ratio": 0.9,
+            "sample_max_value": 3.0,
+        },
     ],
     ids=lambda s: "-".join(str(v) for v in s.values()),
 )
@@ -249,7 +258,8 @@ def test_unrepresentable_unet_configs_are_refused(
         ({"trained_betas": [0.1, 0.2]}, "trained_betas"),
         ({"variance_type": "fixed_large_log"}, "variance_type"),
         ({"variance_type": "learned_range"}, "variance_type"),
-        ({"thresholding": True}, "thresholding"),
+        ({"thresholding": "yes"}, "thresholding"),
+        ({"thresholding": True, "sample_max_value": 0.5}, "thresholding"),
         ({"clip_sample": True, "clip_sample_range": 2.0}, "clip_sample_range"),
         ({"rescale_betas_zero_snr": "yes"}, "rescale_betas_zero_snr"),
         ({"prediction_type": "flow"}, "prediction_type"),

@@ -23,6 +23,7 @@ from diffusionkit import (
     DDPMSampler,
     DenoiseDiffusion,
     Denoiser,
+    DynamicThreshold,
     LinearSchedule,
     MinSNRWeighting,
     PosteriorMeanSampler,
@@ -107,9 +108,10 @@ def test_nested_components_and_loss_weighting_round_trip(tmp_path: Path) -> None
 
 def test_config_json_schema_and_weights_only(tmp_path: Path) -> None:
     model = tiny_model(sampler=DDPMSampler("beta", clip_x0=True))
+    model.x0_processing = DynamicThreshold(0.99, max_value=2.0)
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["diffusionkit_format"] == 1
+    assert config["diffusionkit_format"] == 2
     assert config["diffusionkit_version"]
     assert config["kind"] == "diffusion"
     assert config["net"] == {"class": "UNet", "config": model.net.config()}
@@ -120,6 +122,11 @@ def test_config_json_schema_and_weights_only(tmp_path: Path) -> None:
     }
     assert config["prediction"] == "eps"
     assert config["weighting"] is None
+    assert config["x0_processing"] == {
+        "class": "DynamicThreshold",
+        "config": {"percentile": 0.99, "max_value": 2.0},
+    }
+    assert DenoiseDiffusion.from_pretrained(tmp_path).x0_processing == model.x0_processing
     weights = config["weights"]
     assert set(weights) == {"model"}
     assert weights["model"]["file"] == "model.safetensors"
@@ -385,7 +392,7 @@ def test_corrupt_config_json(saved: Path, content: bytes, match: str) -> None:
 @pytest.mark.parametrize(
     ("changes", "match"),
     [
-        ({"diffusionkit_format": 2}, "format 2.*Upgrade"),
+        ({"diffusionkit_format": 3}, "format 3.*Upgrade"),
         ({"diffusionkit_format": "1"}, "positive int"),
         ({"kind": "pipeline"}, "'kind' must be one of"),
         ({"prediction": "noise"}, "invalid config: prediction must be one of"),

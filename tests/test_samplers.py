@@ -13,6 +13,7 @@ import torch
 from oracles import GaussianOracle, seeded
 
 from diffusionkit import (
+    ClipX0,
     CosineSchedule,
     DDPMSampler,
     DenoiseDiffusion,
@@ -161,7 +162,7 @@ class _Recording(DDPMSampler):
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
-def test_loop_computes_x0_only_where_the_step_or_the_caller_reads_it(prediction):
+def test_loop_passes_x0_only_where_the_step_reads_it(prediction):
     schedule = LinearSchedule(25)
     shape = (4, 1, 2, 2)
     plain = _Recording()
@@ -179,8 +180,15 @@ def test_loop_computes_x0_only_where_the_step_or_the_caller_reads_it(prediction)
     y = oracle_model(schedule, watched, prediction).reverse_sample(
         shape, generator=seeded(0), progress=False, callback=lambda *a: seen.append(a[3])
     )
-    assert watched.got_x0 == [True] * 25 and all(isinstance(v, torch.Tensor) for v in seen)
-    torch.testing.assert_close(x, y, rtol=0, atol=0)  # skipping x0 changes nothing else
+    # the callback reads x0_hat, but the step is not handed it: the same arithmetic either way
+    assert watched.got_x0 == [False] * 25 and all(isinstance(v, torch.Tensor) for v in seen)
+    torch.testing.assert_close(x, y, rtol=0, atol=0)
+    # a model that processes x0_hat hands it to every step (eq. 7's form from the clipped x0)
+    processed = _Recording()
+    model = oracle_model(schedule, processed, prediction)
+    model.x0_processing = ClipX0()
+    model.reverse_sample(shape, generator=seeded(0), progress=False)
+    assert processed.got_x0 == [True] * 25
     # the default for any other sampler: always given x0
     assert Sampler.uses_x0(PosteriorMeanSampler(), schedule.step_coefficients(3))
 

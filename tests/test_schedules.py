@@ -143,7 +143,7 @@ def test_respaced_schedule_keeps_the_marginals():
         RespacedSchedule(base, [0, 1000])
 
 
-@pytest.mark.parametrize("spacing", list(Spacing))
+@pytest.mark.parametrize("spacing", [s for s in Spacing if not s.needs_schedule])
 @pytest.mark.parametrize("steps", [1, 7, 50, 999, 1000])
 def test_spacing_matches_diffusers(spacing, steps):
     ours = spacing.timesteps(1000, steps)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 from pathlib import Path
@@ -49,8 +48,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-clip-x0",
         action="store_true",
-        help="with --sampler: do not clip the estimate of the clean image to [-1, 1] at each "
-        "step (clipping is on by default; it avoids blank samples with cosine schedules)",
+        help="sample without the model's own processing of the estimate of the clean image "
+        "(clipping to [-1, 1] at each step, which models trained by 'diffusionkit train' have; "
+        "it avoids blank samples with cosine schedules)",
     )
     parser.add_argument(
         "--steps",
@@ -116,17 +116,15 @@ def _check_local(model_ref: str) -> None:
         raise CLIError(f"{folder} holds no model (no config.json)")
 
 
-def _build_sampler(name: str, clip_x0: bool) -> Any:
-    """The sampler registered as ``name``, clipping ``x0_hat`` if it can and ``clip_x0``."""
+def _build_sampler(name: str) -> Any:
+    """The sampler registered as ``name``, with its defaults (the model's x0 processing
+    applies to it as to every sampler)."""
     from diffusionkit.samplers import SAMPLERS
 
     try:
-        cls = SAMPLERS.get(name)
-    except KeyError as error:
+        return SAMPLERS.build(name)
+    except (KeyError, ValueError) as error:
         raise CLIError(f"--sampler: {error.args[0]}", EXIT_USAGE) from None
-    if "clip_x0" in inspect.signature(cls).parameters:
-        return cls(clip_x0=clip_x0)  # type: ignore[call-arg]
-    return cls()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     from diffusionkit import DenoiseDiffusion
     from diffusionkit.utils import FrameRecorder, save_gif, save_grid
 
-    sampler = None if args.sampler is None else _build_sampler(args.sampler, not args.no_clip_x0)
+    sampler = None if args.sampler is None else _build_sampler(args.sampler)
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -145,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
     model = DenoiseDiffusion.from_pretrained(
         args.model, revision=args.revision, map_location=device, use_ema=not args.no_ema
     )
+    if args.no_clip_x0:
+        model.x0_processing = None
     size = image_size_of(args.model, args.image_size)
     steps = args.steps
     if steps is not None and steps > model.timesteps:

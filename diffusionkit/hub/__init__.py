@@ -1,7 +1,10 @@
 """Checkpoints: safetensors + config.json, the Hugging Face Hub, and the diffusers format.
 
-``DenoiseDiffusion`` and ``UNet`` get ``save_pretrained``, ``from_pretrained``, ``push_to_hub``,
-``from_diffusers`` and ``save_diffusers`` from :class:`PretrainedMixin`. Modules:
+This package sits above the core: it imports the models, schedules and samplers, and the core
+never imports it. ``DenoiseDiffusion`` and ``UNet`` get ``save_pretrained``,
+``from_pretrained``, ``push_to_hub``, ``from_diffusers`` and ``save_diffusers`` from
+:class:`~diffusionkit.persistence.PretrainedMixin`, which calls the implementation installed
+here (:class:`~diffusionkit.hub.io.HubCheckpointIO`). Modules:
 
 * :mod:`~diffusionkit.hub.checkpoint`: the diffusionkit format (``config.json`` schema);
 * :mod:`~diffusionkit.hub.components`: components to and from ``{"class", "config"}``;
@@ -14,6 +17,9 @@
 """
 
 from diffusionkit.hub.errors import CheckpointError, CheckpointNotFoundError
-from diffusionkit.hub.mixin import PretrainedMixin
+from diffusionkit.hub.io import HubCheckpointIO
+from diffusionkit.persistence import PretrainedMixin, set_checkpoint_io
 
-__all__ = ["CheckpointError", "CheckpointNotFoundError", "PretrainedMixin"]
+set_checkpoint_io(HubCheckpointIO())
+
+__all__ = ["CheckpointError", "CheckpointNotFoundError", "HubCheckpointIO", "PretrainedMixin"]

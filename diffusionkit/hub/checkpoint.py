@@ -9,10 +9,10 @@ A checkpoint folder holds:
   default when present;
 * ``sample_grid.png`` (optional) and ``README.md``, the model card.
 
-``config.json`` schema (format 1)::
+``config.json`` schema (format 2)::
 
     {
-      "diffusionkit_format": 1,                 # bumped on incompatible changes
+      "diffusionkit_format": 2,                 # bumped on incompatible changes
       "diffusionkit_version": "0.1.0",          # the writer, for messages
       "kind": "diffusion",                      # or "network" (a network saved alone)
       "net": {"class": "UNet", "config": {...}},
@@ -21,12 +21,19 @@ A checkpoint folder holds:
       "sampler": {"class": "DDPMSampler", "config": {...}},
       "prediction": "eps",
       "weighting": null,                        # or {"class": "MinSNRWeighting", ...}
+      "x0_processing": {"class": "ClipX0", "config": {}},    # or null (format 2)
       "weights": {
         "model": {"file": "model.safetensors", "sha256": "<64 hex>"},
         "ema": {"file": "ema.safetensors", "sha256": "<64 hex>"}   # optional
       },
       "sample_grid": "sample_grid.png"          # optional
     }
+
+Format 1 (diffusionkit 0.1) had no ``x0_processing``: the only clipping of ``x0_hat`` was the
+sampler's own ``clip_x0``, which ``diffusionkit train`` set as a property of the model. A
+format-1 checkpoint whose sampler clips therefore loads with ``x0_processing = ClipX0()`` (its
+own sampler samples exactly as before, and samplers chosen by name clip too); one whose sampler
+does not clip loads with ``None``. Saving writes format 2.
 
 Components are ``{"class": <name in its registry>, "config": <constructor arguments>}``, nested
 where an argument is itself a component (:mod:`~diffusionkit.hub.components`). The model's
@@ -50,6 +57,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from diffusionkit._version import __version__
+from diffusionkit.diffusion import DenoiseDiffusion
 from diffusionkit.hub.atomic import staged_directory
 from diffusionkit.hub.card import GENERATED_MARKER, CardFacts, render_card
 from diffusionkit.hub.components import (
@@ -90,7 +98,7 @@ EMA_WEIGHTS_NAME = "ema.safetensors"
 SAMPLE_GRID_NAME = "sample_grid.png"
 CARD_NAME = "README.md"
 FORMAT_KEY = "diffusionkit_format"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -106,8 +114,6 @@ class Kind(str, enum.Enum):
 
 def model_kind(cls: type) -> Kind:
     """The kind of checkpoint ``cls`` saves and loads."""
-    from diffusionkit.diffusion import DenoiseDiffusion  # the model classes import this package
-
     return Kind.DIFFUSION if issubclass(cls, DenoiseDiffusion) else Kind.NETWORK
 
 
@@ -165,8 +171,6 @@ def ema_tensors(ema: nn.Module | Mapping[str, Tensor], net: nn.Module) -> dict[s
     Raises:
         ValueError: the EMA does not have ``net``'s tensor names and shapes.
     """
-    from diffusionkit.diffusion import DenoiseDiffusion
-
     if isinstance(ema, nn.Module):
         module = ema
         while isinstance(getattr(module, "module", None), nn.Module):
@@ -357,6 +361,8 @@ def parse_config(config: Any, label: str) -> CheckpointConfig:
     if "net" not in config:
         raise CheckpointError(f"{label}: missing 'net'")
     arguments = {k: v for k, v in config.items() if k not in _META_KEYS}
+    if version == 1 and kind is Kind.DIFFUSION:
+        arguments = _from_format_1(arguments, label)
     if kind is Kind.NETWORK and set(arguments) != {"net"}:
         raise CheckpointError(
             f"{label}: a network checkpoint holds only 'net', got {', '.join(sorted(arguments))}"
@@ -377,6 +383,18 @@ def parse_config(config: Any, label: str) -> CheckpointConfig:
         arguments=arguments,
         weights=files,
     )
+
+
+def _from_format_1(arguments: dict[str, Any], label: str) -> dict[str, Any]:
+    """A format-1 model's arguments in format 2: the sampler's ``clip_x0`` becomes the model's
+    ``x0_processing`` (see the module docstring)."""
+    if "x0_processing" in arguments:
+        raise CheckpointError(f"{label}: 'x0_processing' does not exist in format 1")
+    sampler = arguments.get("sampler")
+    config = sampler.get("config") if isinstance(sampler, dict) else None
+    clips = isinstance(config, dict) and config.get("clip_x0") is True
+    clip = {"class": "ClipX0", "config": {}}
+    return {**arguments, "x0_processing": clip if clips else None}
 
 
 def _weights_file(entry: Any, where: str) -> WeightsFile:

@@ -16,7 +16,6 @@ written and must give the same config (and, for networks, the same tensor shapes
 from __future__ import annotations
 
 import enum
-import importlib
 import inspect
 import json
 import math
@@ -30,7 +29,12 @@ import torch
 from torch import nn
 
 from diffusionkit.hub.errors import CheckpointError
+from diffusionkit.networks import NETWORKS
 from diffusionkit.registry import Registry
+from diffusionkit.samplers import SAMPLERS, Sampler
+from diffusionkit.schedules import SCHEDULES, NoiseSchedule
+from diffusionkit.thresholding import X0_PROCESSINGS, X0Processing
+from diffusionkit.weighting import WEIGHTINGS, LossWeighting
 
 __all__ = [
     "Family",
@@ -48,35 +52,22 @@ class Family:
     """A kind of pluggable part: its base class and the registry naming its classes."""
 
     what: str  # for messages, e.g. "network"
-    base_path: str  # "module:Class"
-    registry_path: str  # "module:NAME"
+    base: type
+    registry: Registry[Any]
+    registry_name: str  # where users find the registry, e.g. "diffusionkit.schedules.SCHEDULES"
 
     @property
-    def base(self) -> type:
-        module, name = self.base_path.split(":")
-        return typing.cast(type, getattr(importlib.import_module(module), name))
-
-    @property
-    def registry(self) -> Registry[Any]:
-        module, name = self.registry_path.split(":")
-        return typing.cast(Registry[Any], getattr(importlib.import_module(module), name))
-
-    @property
-    def registry_name(self) -> str:
-        return self.registry_path.replace(":", ".")
+    def short_name(self) -> str:
+        return self.registry_name.rsplit(".", 1)[1]
 
 
-# imported lazily: the model classes import this package
 FAMILIES = (
-    Family("network", "torch.nn:Module", "diffusionkit.networks:NETWORKS"),
+    Family("network", nn.Module, NETWORKS, "diffusionkit.networks.NETWORKS"),
+    Family("noise schedule", NoiseSchedule, SCHEDULES, "diffusionkit.schedules.SCHEDULES"),
+    Family("sampler", Sampler, SAMPLERS, "diffusionkit.samplers.SAMPLERS"),
+    Family("loss weighting", LossWeighting, WEIGHTINGS, "diffusionkit.weighting.WEIGHTINGS"),
     Family(
-        "noise schedule", "diffusionkit.schedules:NoiseSchedule", "diffusionkit.schedules:SCHEDULES"
-    ),
-    Family("sampler", "diffusionkit.samplers:Sampler", "diffusionkit.samplers:SAMPLERS"),
-    Family(
-        "loss weighting",
-        "diffusionkit.weighting:LossWeighting",
-        "diffusionkit.weighting:WEIGHTINGS",
+        "x0 processing", X0Processing, X0_PROCESSINGS, "diffusionkit.thresholding.X0_PROCESSINGS"
     ),
 )
 
@@ -108,7 +99,7 @@ def _registered_name(obj: object, family: Family) -> str:
     cls = type(obj)
     name = cls.__name__
     registry = family.registry
-    short = family.registry_path.split(":")[1]
+    short = family.short_name
     if name not in registry or registry.get(name) is not cls:
         raise TypeError(
             f"cannot save the {family.what} {name}: it is not registered in "
@@ -150,7 +141,7 @@ def encode(value: Any, where: str) -> Any:
         return {k: encode(v, f"{where}.{k}") for k, v in value.items()}
     raise TypeError(
         f"cannot save {where}: a {type(value).__name__} is neither JSON data nor a registered "
-        "component (network, noise schedule, sampler, loss weighting)"
+        "component (network, noise schedule, sampler, loss weighting, x0 processing)"
     )
 
 

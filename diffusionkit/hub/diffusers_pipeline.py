@@ -139,11 +139,11 @@ def load_pipeline(
     if scheduler_path is None:
         raise CheckpointNotFoundError(f"{source.label(SCHEDULER_CONFIG)}: file not found")
     label = source.label(SCHEDULER_CONFIG)
-    schedule, sampler, prediction = components_from_scheduler(
-        read_json(scheduler_path, label), label
-    )
+    parts = components_from_scheduler(read_json(scheduler_path, label), label)
     net = load_unet(source, root, "unet", allow_pickle=allow_pickle)
-    return cls(net, schedule, sampler, prediction)
+    return cls(
+        net, parts.schedule, parts.sampler, parts.prediction, x0_processing=parts.x0_processing
+    )
 
 
 # ----------------------------------------------------------------------------- export
@@ -194,7 +194,9 @@ def save_pipeline(
     """Write a ``DDPMPipeline`` folder that ``DDPMPipeline.from_pretrained`` loads."""
     unet = _unet(model.net)
     diffusers_unet_config(unet, sample_size)  # fail before touching the disk
-    scheduler = diffusers_scheduler_config(model.schedule, model.sampler, model.prediction)
+    scheduler = diffusers_scheduler_config(
+        model.schedule, model.sampler, model.prediction, model.x0_processing
+    )
     index = {
         "_class_name": "DDPMPipeline",
         "_diffusers_version": _DIFFUSERS_VERSION,

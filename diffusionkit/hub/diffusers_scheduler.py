@@ -8,15 +8,20 @@ A ``DDPMScheduler`` config says three things diffusionkit keeps in separate obje
   (``s = 0.008``, ``max_beta = 0.999``), and ``rescale_betas_zero_snr`` wraps either in a
   :class:`~diffusionkit.schedules.ZeroTerminalSNRSchedule` (both implement Lin et al. 2024,
   Algorithm 1);
-* the reverse step (``variance_type``, ``clip_sample``): :class:`~diffusionkit.DDPMSampler` with
-  ``variance="posterior"`` (``fixed_small``, ``beta_tilde``) or ``"beta"`` (``fixed_large``) and
-  ``clip_x0=clip_sample``. diffusers forms the posterior mean from the (clipped) ``x0``
-  (Ho et al. 2020, eq. 7), the DDPMSampler from the ``eps`` consistent with it (Algorithm 2):
-  the same mean, algebraically;
+* the reverse step (``variance_type``): :class:`~diffusionkit.DDPMSampler` with
+  ``variance="posterior"`` (``fixed_small``, ``beta_tilde``) or ``"beta"`` (``fixed_large``);
+* what the model does to ``x0_hat`` (``clip_sample``, ``thresholding``): the model's
+  ``x0_processing``, :class:`~diffusionkit.ClipX0` or
+  :class:`~diffusionkit.DynamicThreshold` (``dynamic_thresholding_ratio``,
+  ``sample_max_value``; diffusers thresholds instead of clipping when both are set). With
+  ``clip_sample`` the sampler also keeps ``clip_x0=True``, so it forms the posterior mean from the
+  clipped ``x0`` (Ho et al. 2020, eq. 7) exactly as diffusers does; otherwise the DDPMSampler
+  forms it from the ``eps`` consistent with the processed ``x0`` (Algorithm 2): the same mean,
+  algebraically;
 * what the network predicts (``prediction_type``): epsilon, sample (x0) or v_prediction.
 
 Everything else (other beta schedules, including diffusers' "sigmoid", which is not
-diffusionkit's; explicit betas; learned variances; thresholding; a clip range other than 1) raises
+diffusionkit's; explicit betas; learned variances; a clip range other than 1) raises
 :class:`~diffusionkit.hub.errors.CheckpointError`: no silent approximation.
 """
 
@@ -24,10 +29,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from diffusionkit.diffusion import Prediction
 from diffusionkit.hub.errors import CheckpointError
+from diffusionkit.prediction import Prediction
 from diffusionkit.samplers import DDPMSampler, PosteriorMeanSampler, Sampler, Variance
 from diffusionkit.schedules import (
     CosineSchedule,
@@ -35,8 +41,14 @@ from diffusionkit.schedules import (
     NoiseSchedule,
     ZeroTerminalSNRSchedule,
 )
+from diffusionkit.thresholding import ClipX0, DynamicThreshold, X0Processing
 
-__all__ = ["SCHEDULER_DEFAULTS", "components_from_scheduler", "diffusers_scheduler_config"]
+__all__ = [
+    "SCHEDULER_DEFAULTS",
+    "SchedulerParts",
+    "components_from_scheduler",
+    "diffusers_scheduler_config",
+]
 
 #: ``DDPMScheduler.__init__`` defaults (diffusers 0.42), for fields an older config omits
 SCHEDULER_DEFAULTS: dict[str, Any] = {
@@ -58,14 +70,7 @@ SCHEDULER_DEFAULTS: dict[str, Any] = {
 }
 #: fields that change nothing about the model: inference-time respacing defaults, settings
 #: read only with thresholding, and fields of diffusers 0.1-0.3 configs
-_INERT = {
-    "timestep_spacing",
-    "steps_offset",
-    "dynamic_thresholding_ratio",
-    "sample_max_value",
-    "tensor_format",
-    "timestep_values",
-}
+_INERT = {"timestep_spacing", "steps_offset", "tensor_format", "timestep_values"}
 _PREDICTIONS = {"epsilon": Prediction.EPS, "sample": Prediction.X0, "v_prediction": Prediction.V}
 #: fixed_small_log draws with exp(log(beta_tilde) / 2), the same standard deviation
 _VARIANCES = {
@@ -82,10 +87,18 @@ def _number(value: Any, name: str, label: str) -> float:
     return float(value)
 
 
-def components_from_scheduler(
-    config: Mapping[str, Any], label: str
-) -> tuple[NoiseSchedule, Sampler, Prediction]:
-    """The schedule, sampler and prediction type equivalent to a ``DDPMScheduler`` config.
+@dataclass(frozen=True)
+class SchedulerParts:
+    """What a ``DDPMScheduler`` config says, as diffusionkit's separate objects."""
+
+    schedule: NoiseSchedule
+    sampler: Sampler
+    prediction: Prediction
+    x0_processing: X0Processing | None
+
+
+def components_from_scheduler(config: Mapping[str, Any], label: str) -> SchedulerParts:
+    """The schedule, sampler, prediction type and x0 processing of a ``DDPMScheduler`` config.
 
     Args:
         config: parsed ``scheduler/scheduler_config.json``; missing fields take diffusers'
@@ -140,24 +153,37 @@ def components_from_scheduler(
         raise unsupported(
             "variance_type", "supported: 'fixed_small', 'fixed_small_log', 'fixed_large'"
         )
-    if cfg["thresholding"] is not False:
-        raise unsupported("thresholding", "dynamic thresholding is not implemented")
-    clip = cfg["clip_sample"]
-    if not isinstance(clip, bool):
-        raise CheckpointError(f"{label}: clip_sample must be true or false, got {clip!r}")
-    if clip and _number(cfg["clip_sample_range"], "clip_sample_range", label) != 1.0:
-        raise unsupported("clip_sample_range", "x0 is clipped to [-1, 1] only")
-    sampler = DDPMSampler(_VARIANCES[cfg["variance_type"]], clip_x0=clip)
+    threshold, clip = cfg["thresholding"], cfg["clip_sample"]
+    for key, value in (("thresholding", threshold), ("clip_sample", clip)):
+        if not isinstance(value, bool):
+            raise CheckpointError(f"{label}: {key} must be true or false, got {value!r}")
+    x0_processing: X0Processing | None = None
+    if threshold:  # diffusers' step: thresholding, elif clip_sample, clamp
+        ratio = _number(cfg["dynamic_thresholding_ratio"], "dynamic_thresholding_ratio", label)
+        top = _number(cfg["sample_max_value"], "sample_max_value", label)
+        try:
+            x0_processing = DynamicThreshold(ratio, top)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{label}: thresholding: {err}") from None
+    elif clip:
+        if _number(cfg["clip_sample_range"], "clip_sample_range", label) != 1.0:
+            raise unsupported("clip_sample_range", "x0 is clipped to [-1, 1] only")
+        x0_processing = ClipX0()
+    sampler = DDPMSampler(_VARIANCES[cfg["variance_type"]], clip_x0=clip and not threshold)
 
     if cfg["prediction_type"] not in _PREDICTIONS:
         raise unsupported("prediction_type", "supported: 'epsilon', 'sample', 'v_prediction'")
-    return schedule, sampler, _PREDICTIONS[cfg["prediction_type"]]
+    return SchedulerParts(schedule, sampler, _PREDICTIONS[cfg["prediction_type"]], x0_processing)
 
 
 def diffusers_scheduler_config(
-    schedule: NoiseSchedule, sampler: Sampler, prediction: Prediction
+    schedule: NoiseSchedule,
+    sampler: Sampler,
+    prediction: Prediction,
+    x0_processing: X0Processing | None = None,
 ) -> dict[str, Any]:
-    """The ``DDPMScheduler`` config (every field explicit) of a schedule, sampler and prediction.
+    """The ``DDPMScheduler`` config (every field explicit) of a schedule, sampler, prediction
+    type and x0 processing.
 
     Raises:
         ValueError: a component has no ``DDPMScheduler`` counterpart.
@@ -197,6 +223,26 @@ def diffusers_scheduler_config(
             f"cannot export the sampler {sampler!r} to diffusers: DDPMScheduler takes ancestral "
             "DDPM steps (DDPMSampler, or a stochastic PosteriorMeanSampler)"
         )
+    threshold = {
+        "thresholding": False,
+        "dynamic_thresholding_ratio": 0.995,
+        "sample_max_value": 1.0,
+    }
+    if isinstance(x0_processing, DynamicThreshold):
+        if x0_processing.max_value is None:
+            raise ValueError(
+                f"cannot export {x0_processing!r} to diffusers: DDPMScheduler's thresholding "
+                "caps the threshold at sample_max_value; give DynamicThreshold a max_value"
+            )
+        threshold = {
+            "thresholding": True,
+            "dynamic_thresholding_ratio": x0_processing.percentile,
+            "sample_max_value": x0_processing.max_value,
+        }
+    elif type(x0_processing) is ClipX0:
+        clip = True
+    elif x0_processing is not None:
+        raise ValueError(f"cannot export the x0 processing {x0_processing!r} to diffusers")
     prediction_type = {v: k for k, v in _PREDICTIONS.items()}[Prediction(prediction)]
     return {
         "_class_name": "DDPMScheduler",
@@ -207,10 +253,8 @@ def diffusers_scheduler_config(
         "variance_type": variance,
         "clip_sample": clip,
         "prediction_type": prediction_type,
-        "thresholding": False,
-        "dynamic_thresholding_ratio": 0.995,
+        **threshold,
         "clip_sample_range": 1.0,
-        "sample_max_value": 1.0,
         "timestep_spacing": "leading",
         "steps_offset": 0,
         "rescale_betas_zero_snr": rescaled,

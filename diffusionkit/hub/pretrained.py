@@ -1,6 +1,6 @@
 """What ``save_pretrained``, ``from_pretrained``, ``push_to_hub`` and the diffusers methods do.
 
-:class:`~diffusionkit.hub.mixin.PretrainedMixin` is the public face; this module does the work,
+:class:`~diffusionkit.persistence.PretrainedMixin` is the public face; this module does the work,
 choosing between the diffusionkit format (:mod:`~diffusionkit.hub.checkpoint`) and diffusers'
 layouts (:mod:`~diffusionkit.hub.diffusers_pipeline`) by the files a folder or repo holds.
 """
@@ -17,6 +17,7 @@ import torch
 from huggingface_hub import CommitInfo
 from torch import Tensor, nn
 
+from diffusionkit.diffusion import DenoiseDiffusion
 from diffusionkit.hub import diffusers_pipeline as dp
 from diffusionkit.hub.checkpoint import (
     CONFIG_NAME,
@@ -189,8 +190,6 @@ def save_diffusers(
     net = network_of(model)
     tensors = ema_tensors(ema, net) if ema is not None else dict(net.state_dict())
     if model_kind(type(model)) is Kind.DIFFUSION:
-        from diffusionkit.diffusion import DenoiseDiffusion
-
         assert isinstance(model, DenoiseDiffusion)
         return dp.save_pipeline(model, Path(directory), sample_size=sample_size, tensors=tensors)
     return dp.save_unet(net, Path(directory), sample_size=sample_size, tensors=tensors)

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusionkit.denoiser import Denoiser
-from diffusionkit.hub.mixin import PretrainedMixin
 from diffusionkit.networks.layers import Attention, Downsample, ResBlock, TimeEmbedding, Upsample
+from diffusionkit.persistence import PretrainedMixin
 
 __all__ = ["UNet"]
 

@@ -18,7 +18,41 @@ PAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "schedules": ("diffusionkit.schedules", "noise schedules and their float64 tables", ()),
     "diffusion": ("diffusionkit.diffusion", "`DenoiseDiffusion`: loss, noising, sampling", ()),
     "prediction": ("diffusionkit.prediction", "what the network predicts: eps, x0 or v", ()),
-    "samplers": ("diffusionkit.samplers", "one reverse step each, and samplers by name", ()),
+    "samplers": (
+        "diffusionkit.samplers",
+        "solvers of the reverse process, each owning its loop; samplers by name",
+        (
+            "diffusionkit.samplers.base",
+            "diffusionkit.samplers.ddpm",
+            "diffusionkit.samplers.dpm_solver",
+            "diffusionkit.samplers.unipc",
+            "diffusionkit.samplers.karras",
+        ),
+    ),
+    "chain": (
+        "diffusionkit.chain",
+        "a reverse chain as a sampler sees it: calls, noise, reports",
+        (),
+    ),
+    "view": ("diffusionkit.view", "the model as a denoiser: eps_hat and x0_hat at (x_t, t)", ()),
+    "thresholding": (
+        "diffusionkit.thresholding",
+        "x0 processing: clipping and dynamic thresholding",
+        (),
+    ),
+    "objective": ("diffusionkit.objective", "the training objective and its targets", ()),
+    "forward_process": ("diffusionkit.forward_process", "q(x_t | x_0) in closed form", ()),
+    "configurable": (
+        "diffusionkit.configurable",
+        "config capture, repr and equality of components",
+        (),
+    ),
+    "inputs": ("diffusionkit.inputs", "checks of images, timesteps and noise passed in", ()),
+    "persistence": (
+        "diffusionkit.persistence",
+        "save_pretrained / from_pretrained / push_to_hub as methods",
+        (),
+    ),
     "spacing": ("diffusionkit.spacing", "which timesteps a shorter sampling run visits", ()),
     "sampling_plan": (
         "diffusionkit.sampling_plan",
@@ -41,7 +75,7 @@ PAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "diffusionkit.hub",
         "saving, loading and sharing models; the diffusers format",
         (
-            "diffusionkit.hub.mixin",
+            "diffusionkit.hub.io",
             "diffusionkit.hub.errors",
             "diffusionkit.hub.checkpoint",
             "diffusionkit.hub.components",

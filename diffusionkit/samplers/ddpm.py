@@ -1,88 +1,29 @@
-"""Samplers: one reverse step ``x_t -> x_{t-1}`` given the network's prediction.
+"""One-step samplers of the DDPM family: ancestral sampling, the posterior mean, and DDIM.
 
-A sampler holds no mutable state: everything a step needs comes in its arguments, and all
-randomness comes from the optional ``generator``. The owning
-:class:`~diffusionkit.DenoiseDiffusion` turns the network output into both ``eps_hat`` and
-``x0_hat`` whatever the prediction type, so every sampler works with every parameterization;
-a sampler that does not read ``x0_hat`` at a step says so in :meth:`Sampler.uses_x0`, and the
-loop then skips computing it (two passes over the batch per step, measured in
-docs/performance.md).
+Each is memoryless: a step ``x_t -> x_{t-1}`` from the model's ``eps_hat`` and ``x0_hat``,
+driven by :meth:`Sampler.sample`'s default loop. A sampler that does not read ``x0_hat`` at a
+step says so in :meth:`Sampler.uses_x0`, and the loop then skips computing it (two passes over
+the batch per step, measured in docs/performance.md).
+
+``clip_x0`` predates the model's own :mod:`~diffusionkit.thresholding`
+(``DenoiseDiffusion(x0_processing=ClipX0())``), which every solver respects; it is kept so
+that samplers built and saved with it behave as before, and clamps ``x0_hat`` once more
+(a no-op after the model's processing).
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from enum import Enum
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from diffusionkit._random import Generators, randn
-from diffusionkit.registry import Registry
+from diffusionkit.prediction import eps_from_x0
+from diffusionkit.samplers.base import Sampler
 from diffusionkit.schedules import StepCoefficients
 
-__all__ = [
-    "SAMPLERS",
-    "DDIMSampler",
-    "DDPMSampler",
-    "PosteriorMeanSampler",
-    "Sampler",
-    "Variance",
-    "get_sampler",
-]
-
-
-class Sampler(ABC):
-    """Abstract reverse step.
-
-    Subclasses implement :meth:`step` and :meth:`config` and keep no state between calls.
-    """
-
-    #: short name used in configs and on the command line (e.g. ``"ddpm"``)
-    name: str = ""
-
-    @abstractmethod
-    def step(
-        self,
-        x_t: Tensor,
-        eps: Tensor,
-        x0: Tensor | None,
-        coef: StepCoefficients,
-        generator: Generators = None,
-    ) -> Tensor:
-        """Return ``x_{t-1}`` ``(B, C, H, W)``.
-
-        Args:
-            x_t: current noisy images ``(B, C, H, W)``.
-            eps: predicted noise ``eps_hat(x_t, t)``, same shape.
-            x0: predicted clean images ``x0_hat(x_t, t)``, same shape (consistent with ``eps``);
-                ``None`` only where :meth:`uses_x0` returned ``False`` for ``coef``.
-            coef: the schedule's scalars at this step (``coef.index == 0`` is the last step).
-            generator: source of the step's noise (one, or one per sample).
-        """
-
-    def uses_x0(self, coef: StepCoefficients) -> bool:
-        """Whether :meth:`step` reads ``x0`` at ``coef``. Where it does not, the sampling loop
-        may pass ``None`` instead of computing it. ``True`` unless a subclass knows better."""
-        return True
-
-    @abstractmethod
-    def config(self) -> dict[str, Any]:
-        """The constructor arguments, such that ``type(self)(**self.config())`` is equal."""
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        assert isinstance(other, Sampler)
-        return self.config() == other.config()
-
-    def __hash__(self) -> int:
-        return hash((type(self).__name__, repr(self.config())))
+__all__ = ["DDIMSampler", "DDPMSampler", "PosteriorMeanSampler", "Variance"]
 
 
 class Variance(str, Enum):
@@ -108,22 +49,19 @@ def _given(x0: Tensor | None) -> Tensor:
     return x0
 
 
-def _eps_from_x0(x_t: Tensor, x0: Tensor, coef: StepCoefficients) -> Tensor:
-    # invert x_t = sqrt(abar) x0 + sqrt(1 - abar) eps  (Ho et al. 2020, eq. 4)
-    return (x_t - coef.alpha_cumprod**0.5 * x0) / (1.0 - coef.alpha_cumprod) ** 0.5
-
-
 class DDPMSampler(Sampler):
     """Ancestral sampling, Ho et al. 2020, Algorithm 2.
 
     ``x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps_hat) / sqrt(alpha_t) + sigma_t z``, with
-    ``z ~ N(0, I)`` except at the last step (``t = 0``), where no noise is added. Where
-    ``alpha_t = 0`` (the first step of a zero-terminal-SNR schedule) that form divides by zero,
-    and the step uses the equal posterior-mean form ``mu_tilde = c0_t x0_hat`` (eq. 7) instead.
+    ``z ~ N(0, I)`` except at the last step (``t = 0``), where no noise is added. The step uses
+    the equal posterior-mean form ``mu_tilde = c0_t x0_hat + ct_t x_t`` (eq. 7) instead when it
+    is given ``x0_hat``: where ``alpha_t = 0`` (the first step of a zero-terminal-SNR schedule,
+    where eq. 11 divides by zero), with ``clip_x0``, and when the model processes ``x0_hat``
+    (its ``x0_processing``), since the processed ``x0_hat`` is then what the step is built from.
 
     Args:
         variance: ``"posterior"`` (``sigma_t² = beta_tilde_t``) or ``"beta"`` (``= beta_t``).
-        clip_x0: clip ``x0_hat`` to ``[-1, 1]`` and re-derive ``eps_hat`` from it first.
+        clip_x0: clip ``x0_hat`` to ``[-1, 1]`` first.
     """
 
     name = "ddpm"
@@ -144,9 +82,9 @@ class DDPMSampler(Sampler):
         coef: StepCoefficients,
         generator: Generators = None,
     ) -> Tensor:
-        if self.uses_x0(coef):
-            # eq. 7's form: with a clipped x0_hat, or where alpha_t = 0 (beta_t = 1: x_t holds
-            # no signal and eq. 11's form below divides by zero)
+        if x0 is not None or self.uses_x0(coef):
+            # eq. 7's form: from a clipped or processed x0_hat, or where alpha_t = 0 (beta_t = 1:
+            # x_t holds no signal and eq. 11's form below divides by zero)
             x0 = _given(x0)
             if self.clip_x0:
                 x0 = x0.clamp(-1.0, 1.0)
@@ -161,11 +99,9 @@ class DDPMSampler(Sampler):
         return _add_noise(mean, var**0.5, x_t, generator)
 
     def uses_x0(self, coef: StepCoefficients) -> bool:
-        """Only with ``clip_x0`` or where ``alpha_t = 0``: eq. 11 needs ``eps_hat`` alone."""
+        """Only with ``clip_x0`` or where ``alpha_t = 0``: eq. 11 needs ``eps_hat`` alone (the
+        loop also passes ``x0_hat`` when the model processes it)."""
         return self.clip_x0 or coef.alpha == 0.0
-
-    def config(self) -> dict[str, Any]:
-        return {"variance": self.variance.value, "clip_x0": self.clip_x0}
 
 
 class PosteriorMeanSampler(Sampler):
@@ -202,9 +138,6 @@ class PosteriorMeanSampler(Sampler):
         if not self.stochastic or coef.index == 0:
             return mean
         return _add_noise(mean, coef.posterior_variance**0.5, x_t, generator)
-
-    def config(self) -> dict[str, Any]:
-        return {"clip_x0": self.clip_x0, "stochastic": self.stochastic}
 
 
 class DDIMSampler(Sampler):
@@ -251,7 +184,7 @@ class DDIMSampler(Sampler):
         x0 = _given(x0)
         if self.clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
-            eps = _eps_from_x0(x_t, x0, coef)
+            eps = eps_from_x0(x_t, x0, coef.alpha_cumprod**0.5, (1.0 - coef.alpha_cumprod) ** 0.5)
         # sigma_t² = eta² (1 - abar_prev) / (1 - abar_t) (1 - abar_t / abar_prev)  (eq. 16)
         var = self.eta**2 * coef.posterior_variance
         direction = max(1.0 - coef.alpha_cumprod_prev - var, 0.0) ** 0.5
@@ -259,65 +192,3 @@ class DDIMSampler(Sampler):
         if var > 0.0:
             x = _add_noise(x, var**0.5, x_t, generator)
         return x
-
-    def config(self) -> dict[str, Any]:
-        return {"eta": self.eta, "clip_x0": self.clip_x0}
-
-
-#: samplers by class name and short name (``"ddpm"``, ``"posterior-mean"``, ``"ddim"``), for
-#: configs and the command line; register your own ``Sampler`` subclass with
-#: ``SAMPLERS.register(cls, "name")``
-SAMPLERS: Registry[Sampler] = Registry("sampler")
-SAMPLERS.register(DDPMSampler, DDPMSampler.name)
-SAMPLERS.register(PosteriorMeanSampler, PosteriorMeanSampler.name)
-SAMPLERS.register(DDIMSampler, DDIMSampler.name)
-
-
-def get_sampler(sampler: Sampler | str | type[Sampler], **kwargs: Any) -> Sampler:
-    """Resolve a sampler given as an object, a registered name or a class.
-
-    Objects are the primary API; names are for configs and the command line.
-
-    Args:
-        sampler: a :class:`Sampler` (returned as is); a name registered in :data:`SAMPLERS`
-            (``"ddpm"``, ``"posterior-mean"``, ``"ddim"``, a class name such as
-            ``"DDIMSampler"``, or any name you registered); or a ``Sampler`` subclass.
-        **kwargs: constructor arguments, when ``sampler`` is a name or a class.
-
-    Returns:
-        The sampler object.
-
-    Raises:
-        ValueError: unknown name (the message lists the valid ones) or invalid arguments.
-        TypeError: ``sampler`` is none of the above, or keyword arguments come with an object.
-
-    Example:
-        >>> get_sampler("ddim", eta=0.5)
-        DDIMSampler(eta=0.5, clip_x0=False)
-    """
-    if isinstance(sampler, Sampler):
-        if kwargs:
-            raise TypeError(
-                "keyword arguments apply only when sampler is a name or a class; got the "
-                f"object {sampler!r} and {sorted(kwargs)}"
-            )
-        return sampler
-    if isinstance(sampler, str):
-        if sampler not in SAMPLERS:
-            valid = ", ".join(repr(n) for n in SAMPLERS.names())
-            raise ValueError(f"unknown sampler {sampler!r}; valid names: {valid}")
-        cls: type[Any] = SAMPLERS.get(sampler)
-    elif isinstance(sampler, type) and issubclass(sampler, Sampler):
-        cls = sampler
-    else:
-        raise TypeError(
-            "sampler must be a Sampler, a registered sampler name or a Sampler subclass; got "
-            f"{type(sampler).__name__}"
-        )
-    try:
-        built = cls(**kwargs)
-    except TypeError as err:
-        raise ValueError(f"invalid arguments for sampler {cls.__name__}: {err}") from None
-    if not isinstance(built, Sampler):
-        raise TypeError(f"{cls.__name__} is registered as a sampler but is not a Sampler")
-    return built

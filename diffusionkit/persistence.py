@@ -1,16 +1,17 @@
-"""``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` and the diffusers bridge, as a mixin.
+"""``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` and the diffusers bridge, as methods.
 
 :class:`~diffusionkit.DenoiseDiffusion` and :class:`~diffusionkit.UNet` inherit
-:class:`PretrainedMixin`. The work is done in :mod:`diffusionkit.hub.pretrained`, imported on
-first use: ``import diffusionkit`` must not import ``huggingface_hub``, which reads
-``HF_ENDPOINT`` once, when first imported.
+:class:`PretrainedMixin`, whose methods hand the work to a :class:`CheckpointIO`: the core
+defines what saving and loading are, and :mod:`diffusionkit.hub` (which sits above the core and
+imports it, never the other way round) provides how. ``import diffusionkit`` registers the Hub's
+implementation (:func:`set_checkpoint_io`); importing any ``diffusionkit`` module runs that
+package ``__init__`` first, so the methods always find it. No module of the core imports
+:mod:`diffusionkit.hub`, not even inside a function.
 
 Why not ``huggingface_hub.PyTorchModelHubMixin``: it writes ``config.json`` from the JSON-able
 constructor arguments and silently drops the rest (the network of a ``DenoiseDiffusion``), loads
 weights non-strictly, writes in place (a crash leaves half a checkpoint) and renders model cards
-with jinja2, which is not a dependency. This mixin keeps its method names and arguments and
-builds on the same machinery (``snapshot_download``, ``create_repo``, ``upload_folder``,
-``ModelCardData``), with each component's ``config()`` as the source of ``config.json``.
+with jinja2, which is not a dependency. These methods keep its names and arguments.
 """
 
 from __future__ import annotations
@@ -18,18 +19,66 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor, nn
 from typing_extensions import Self
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the Hub client is imported only by diffusionkit.hub, when it is used
     from huggingface_hub import CommitInfo
 
-__all__ = ["PretrainedMixin"]
+__all__ = ["CheckpointIO", "PretrainedMixin", "checkpoint_io", "set_checkpoint_io"]
 
 StrPath = str | os.PathLike[str]
+EmaWeights = nn.Module | Mapping[str, Tensor] | None
+
+
+class CheckpointIO(Protocol):
+    """What :class:`PretrainedMixin`'s methods need from a checkpoint implementation.
+
+    Each method does what the mixin's method of the same name documents; ``model`` is the
+    object the method was called on (a ``DenoiseDiffusion`` or a network), ``cls`` the class a
+    classmethod was called on.
+    """
+
+    def save_pretrained(
+        self, model: nn.Module, directory: StrPath, *, ema: EmaWeights, sample_grid: StrPath | None
+    ) -> Path: ...
+
+    def load_pretrained(
+        self, cls: type, path_or_repo_id: StrPath, *, diffusers_only: bool, **options: Any
+    ) -> nn.Module: ...
+
+    def push_to_hub(self, model: nn.Module, repo_id: str, **options: Any) -> Any: ...
+
+    def save_diffusers(
+        self,
+        model: nn.Module,
+        directory: StrPath,
+        *,
+        sample_size: int | tuple[int, int],
+        ema: EmaWeights,
+    ) -> Path: ...
+
+
+_IO: CheckpointIO | None = None
+
+
+def set_checkpoint_io(io: CheckpointIO) -> None:
+    """Install the implementation the mixin's methods use (``diffusionkit.hub`` does)."""
+    global _IO
+    _IO = io
+
+
+def checkpoint_io() -> CheckpointIO:
+    """The installed implementation; an error if none is (``diffusionkit`` was not imported)."""
+    if _IO is None:
+        raise RuntimeError(
+            "no checkpoint implementation is installed: 'import diffusionkit' installs the Hub "
+            "one (diffusionkit.hub)"
+        )
+    return _IO
 
 
 def _module(obj: object) -> nn.Module:
@@ -78,9 +127,9 @@ class PretrainedMixin:
             ValueError: a component's ``config()`` does not rebuild it, or ``ema`` does not
                 match the network.
         """
-        from diffusionkit.hub.pretrained import save_pretrained
-
-        return save_pretrained(_module(self), directory, ema=ema, sample_grid=sample_grid)
+        return checkpoint_io().save_pretrained(
+            _module(self), directory, ema=ema, sample_grid=sample_grid
+        )
 
     @classmethod
     def from_pretrained(
@@ -127,11 +176,10 @@ class PretrainedMixin:
                 ``allow_pickle``), from a newer format, or describes something this class or
                 diffusionkit cannot represent.
         """
-        from diffusionkit.hub.pretrained import load_pretrained
-
-        model = load_pretrained(
+        model = checkpoint_io().load_pretrained(
             cls,
             path_or_repo_id,
+            diffusers_only=False,
             revision=revision,
             token=token,
             cache_dir=cache_dir,
@@ -169,9 +217,7 @@ class PretrainedMixin:
         Returns:
             The commit: a ``str`` holding its URL, with the commit sha as ``.oid``.
         """
-        from diffusionkit.hub.pretrained import push_to_hub
-
-        return push_to_hub(
+        return checkpoint_io().push_to_hub(
             _module(self),
             repo_id,
             private=private,
@@ -206,11 +252,10 @@ class PretrainedMixin:
             CheckpointError: the config uses a feature with no exact diffusionkit counterpart
                 (the message names the field), or as :meth:`from_pretrained`.
         """
-        from diffusionkit.hub.pretrained import load_pretrained
-
-        model = load_pretrained(
+        model = checkpoint_io().load_pretrained(
             cls,
             path_or_repo_id,
+            diffusers_only=True,
             revision=revision,
             token=token,
             cache_dir=cache_dir,
@@ -219,7 +264,6 @@ class PretrainedMixin:
             map_location=map_location,
             use_ema=False,
             allow_pickle=allow_pickle,
-            diffusers_only=True,
         )
         assert isinstance(model, cls)
         return model
@@ -248,6 +292,6 @@ class PretrainedMixin:
                 :class:`~diffusionkit.UNet`, class conditioning, a schedule or sampler that
                 ``DDPMScheduler`` cannot express); the message says which.
         """
-        from diffusionkit.hub.pretrained import save_diffusers
-
-        return save_diffusers(_module(self), directory, sample_size=sample_size, ema=ema)
+        return checkpoint_io().save_diffusers(
+            _module(self), directory, sample_size=sample_size, ema=ema
+        )
