@@ -46,6 +46,7 @@ can be loaded alone from a full model's checkpoint.
 from __future__ import annotations
 
 import enum
+import inspect
 import json
 import re
 import shutil
@@ -193,21 +194,40 @@ def ema_tensors(ema: nn.Module | Mapping[str, Tensor], net: nn.Module) -> dict[s
     return tensors
 
 
+#: the files write_checkpoint may replace or remove: nothing else in a folder is touched
+_OWN_FILES = frozenset({CONFIG_NAME, WEIGHTS_NAME, EMA_WEIGHTS_NAME, SAMPLE_GRID_NAME, CARD_NAME})
+
+
 def _previous_files(directory: Path) -> set[str]:
-    """Files a diffusionkit checkpoint already in ``directory`` lists (to remove stale ones)."""
+    """Files of a diffusionkit checkpoint already in ``directory`` that a new one may replace.
+
+    Only names this writer itself uses count, whatever the old ``config.json`` lists: a
+    config that names another file (edited by hand, or written by something else) must not
+    make saving delete it.
+
+    Raises:
+        FileExistsError: ``directory`` holds a ``config.json`` that is not a diffusionkit
+            checkpoint's (a diffusers model, another library's): it is not overwritten.
+    """
+    path = directory / CONFIG_NAME
+    if not path.exists():
+        return set()
     try:
-        old = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
+        old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return set()
-    if not isinstance(old, dict) or FORMAT_KEY not in old:
-        return set()
+        old = None
+    if not is_diffusionkit_config(old):
+        raise FileExistsError(
+            f"{path} exists and is not a diffusionkit checkpoint's config.json: refusing to "
+            "overwrite it. Save into another folder, or move that file away first."
+        )
     names = {
         entry.get("file")
         for entry in (old.get("weights") or {}).values()
         if isinstance(entry, dict)
     }
     names.add(old.get("sample_grid"))
-    return {n for n in names if isinstance(n, str) and _FILE_NAME.fullmatch(n)}
+    return {n for n in names if isinstance(n, str)} & _OWN_FILES
 
 
 def write_checkpoint(
@@ -222,7 +242,8 @@ def write_checkpoint(
 
     Args:
         model: a ``DenoiseDiffusion`` or a registered network.
-        directory: created if needed; other files in it are left alone.
+        directory: created if needed; other files in it are left alone (only the files of a
+            diffusionkit checkpoint that this one no longer has are removed).
         ema: EMA weights to store beside the raw ones (see :func:`ema_tensors`).
         sample_grid: a PNG of samples, copied in and shown on the model card.
         card_source: repo id or path the model card's usage example loads from.
@@ -231,6 +252,7 @@ def write_checkpoint(
         ``directory`` as a ``Path``.
     """
     directory = Path(directory)
+    previous = _previous_files(directory)  # refuses a foreign config.json before any work
     config = _describe_model(model)
     net = network_of(model)
     raw = dict(net.state_dict())
@@ -243,7 +265,6 @@ def write_checkpoint(
     existing_card = directory / CARD_NAME
     keep_card = existing_card.is_file() and not _is_generated_card(existing_card)
 
-    previous = _previous_files(directory)
     written = {CONFIG_NAME, WEIGHTS_NAME}
     with staged_directory(directory, commit_file=CONFIG_NAME) as stage:
         weights: dict[str, Any] = {}
@@ -413,6 +434,15 @@ def _weights_file(entry: Any, where: str) -> WeightsFile:
     return WeightsFile(name, digest)
 
 
+def _model_arguments(cls: type) -> list[str]:
+    """The names of ``cls``'s constructor arguments (what a checkpoint must record)."""
+    return [
+        name
+        for name, p in inspect.signature(cls).parameters.items()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+
+
 def build_model(
     cls: type, config: CheckpointConfig, label: str, *, meta: bool = False
 ) -> nn.Module:
@@ -429,6 +459,13 @@ def build_model(
                 f"{label}: this checkpoint holds a network alone ({net_class}), not a "
                 f"{cls.__name__}: load it with {net_class}.from_pretrained and build "
                 "DenoiseDiffusion(net, schedule) around it"
+            )
+        missing = sorted(set(_model_arguments(cls)) - set(config.arguments))
+        if missing:
+            raise CheckpointError(
+                f"{label}: missing {', '.join(repr(m) for m in missing)}: a {cls.__name__} "
+                "checkpoint records every constructor argument (a default could describe "
+                "another model, e.g. T = 1000 for a T = 50 one); the file is incomplete"
             )
         kwargs = decode_arguments(cls, config.arguments, label, meta=meta)
         try:

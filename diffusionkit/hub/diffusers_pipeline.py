@@ -169,6 +169,23 @@ def _unet(net: nn.Module) -> UNet:
     return net
 
 
+def _refuse_foreign(directory: Path, file: str, expected_class: str) -> None:
+    """Raise ``FileExistsError`` if ``directory/file`` exists and is not diffusers'
+    ``expected_class`` config: an export never overwrites another program's files."""
+    path = directory / file
+    if not path.exists():
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = None
+    if not isinstance(data, dict) or data.get("_class_name") != expected_class:
+        raise FileExistsError(
+            f"{path} exists and is not a diffusers {expected_class} config: refusing to "
+            "overwrite it. Export into another folder, or move that file away first."
+        )
+
+
 def save_unet(
     net: nn.Module,
     directory: Path,
@@ -179,6 +196,7 @@ def save_unet(
     """Write a ``UNet2DModel`` folder (``config.json`` + safetensors) that diffusers loads."""
     unet = _unet(net)
     diffusers_unet_config(unet, sample_size)  # fail before touching the disk
+    _refuse_foreign(directory, _CONFIG, "UNet2DModel")
     with staged_directory(directory, commit_file=_CONFIG) as stage:
         _write_unet(stage, unet, sample_size, tensors)
     return directory
@@ -194,6 +212,15 @@ def save_pipeline(
     """Write a ``DDPMPipeline`` folder that ``DDPMPipeline.from_pretrained`` loads."""
     unet = _unet(model.net)
     diffusers_unet_config(unet, sample_size)  # fail before touching the disk
+    _refuse_foreign(directory, MODEL_INDEX, "DDPMPipeline")
+    _refuse_foreign(directory, UNET_CONFIG, "UNet2DModel")
+    _refuse_foreign(directory, SCHEDULER_CONFIG, "DDPMScheduler")
+    if (directory / _CONFIG).exists():
+        raise FileExistsError(
+            f"{directory / _CONFIG} exists: {directory} holds another model (a diffusionkit "
+            "checkpoint or a UNet2DModel), which a pipeline export would mix with; export into "
+            "another folder"
+        )
     scheduler = diffusers_scheduler_config(
         model.schedule, model.sampler, model.prediction, model.x0_processing
     )

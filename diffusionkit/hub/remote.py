@@ -111,9 +111,11 @@ class Source:
         return "the file was modified or only partly written after config.json"
 
     def list_files(self) -> list[str] | None:
-        """Every file of the folder or repo commit (``None`` when the Hub cannot be asked)."""
+        """The files of the folder (its top level and one level down, at most
+        :data:`LISTED_FILES` of them: a folder such as ``/`` must not be walked) or of the
+        repo commit (``None`` when the Hub cannot be asked)."""
         if self.folder is not None:
-            return sorted(p.relative_to(self.folder).as_posix() for p in self.folder.rglob("*"))
+            return _shallow_listing(self.folder)
         if self.local_files_only:
             return None
         try:
@@ -122,6 +124,32 @@ class Source:
             )
         except Exception:  # only used to improve an error message
             return None
+
+
+#: how many entries of a local folder an error message may list
+LISTED_FILES = 200
+
+
+def _shallow_listing(folder: Path) -> list[str]:
+    """Up to :data:`LISTED_FILES` files of ``folder`` and its direct subfolders (sorted)."""
+    found: list[str] = []
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return found
+    for entry in entries:
+        if len(found) >= LISTED_FILES:
+            break
+        try:
+            if entry.is_file():
+                found.append(entry.name)
+            elif entry.is_dir(follow_symlinks=False):
+                with os.scandir(entry.path) as inner:
+                    names = sorted(e.name for e in inner if e.is_file())
+                found += [f"{entry.name}/{n}" for n in names[: LISTED_FILES - len(found)]]
+        except OSError:  # unreadable entries are left out of a listing meant for messages
+            continue
+    return sorted(found)
 
 
 def open_source(
