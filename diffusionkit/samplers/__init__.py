@@ -36,14 +36,15 @@ __all__ = [
 #: configs and the command line; register your own ``Sampler`` subclass with
 #: ``SAMPLERS.register(cls, "name")``
 SAMPLERS: Registry[Sampler] = Registry("sampler")
-for _cls in (
+_BUILT_IN: tuple[type[Sampler], ...] = (
     DDPMSampler,
     PosteriorMeanSampler,
     DDIMSampler,
     *dpm_solver.SOLVERS,
     *unipc.SOLVERS,
     *karras.SOLVERS,
-):
+)
+for _cls in _BUILT_IN:
     SAMPLERS.register(_cls, _cls.name)
 
 
