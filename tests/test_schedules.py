@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from diffusionkit import CosineSchedule, LinearSchedule, RespacedSchedule, Spacing
+from diffusionkit.sampling_plan import plan_sampling
 from diffusionkit.schedules import SCHEDULES
 
 diffusers = pytest.importorskip("diffusers")
@@ -165,3 +166,45 @@ def test_spacing_rejects_bad_step_counts():
     for steps in (0, 1001, 2.5):
         with pytest.raises(ValueError, match="steps must be"):
             Spacing.TRAILING.timesteps(1000, steps)
+
+
+@pytest.mark.parametrize("steps", [2, 10, 25])
+def test_noise_level_spacings_match_diffusers(steps):
+    """Karras sigmas (diffusers' use_karras_sigmas, fractional timesteps there) and uniform
+    log-SNR steps (use_lu_lambdas), rounded to diffusionkit's integer timesteps. (At 60 steps
+    diffusers' log-SNR timesteps repeat near t = 0, [..., 2, 1, 1, 0, 0]; diffusionkit's stay
+    distinct, moving the crowded ones up: see the next test.)"""
+    abar = LinearSchedule(1000, scale_with_timesteps=False).alphas_cumprod
+    euler = diffusers.EulerDiscreteScheduler(num_train_timesteps=1000, use_karras_sigmas=True)
+    euler.set_timesteps(steps)
+    karras = Spacing.KARRAS.timesteps(1000, steps, abar).flip(0).numpy()
+    np.testing.assert_allclose(karras, euler.timesteps.numpy(), atol=0.5 + 1e-9)
+    dpm = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=1000, use_lu_lambdas=True)
+    dpm.set_timesteps(steps)
+    lu = Spacing.LOG_SNR.timesteps(1000, steps, abar).flip(0).numpy()
+    np.testing.assert_allclose(lu, dpm.timesteps.numpy(), atol=1)
+
+
+@pytest.mark.parametrize("spacing", [Spacing.KARRAS, Spacing.LOG_SNR])
+@pytest.mark.parametrize("steps", [1, 2, 40, 199, 200])
+def test_noise_level_spacings_keep_the_ends_and_stay_strictly_increasing(spacing, steps):
+    abar = CosineSchedule(200).alphas_cumprod  # its last sigma is huge: steps bunch up there
+    kept = spacing.timesteps(200, steps, abar)
+    assert kept.shape == (steps,) and kept.dtype == torch.int64
+    assert (kept[1:] > kept[:-1]).all() and kept[-1] == 199
+    if steps > 1:
+        assert kept[0] == 0
+    if steps == 200:
+        assert torch.equal(kept, torch.arange(200))
+
+
+def test_noise_level_spacings_need_the_schedule_and_a_finite_noise_level():
+    from diffusionkit.schedules import ZeroTerminalSNRSchedule
+
+    with pytest.raises(ValueError, match="pass the schedule's alphas_cumprod"):
+        Spacing.KARRAS.timesteps(100, 10)
+    zero = ZeroTerminalSNRSchedule(LinearSchedule(100)).alphas_cumprod
+    with pytest.raises(ValueError, match="zero terminal SNR"):
+        Spacing.LOG_SNR.timesteps(100, 10, zero)
+    plan = plan_sampling(LinearSchedule(100), 10, "karras", start_step=60, end_step=9)
+    assert plan.visited[0] == 60 and plan.visited[-1] == 10 and plan.stop == 1
