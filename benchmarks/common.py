@@ -52,6 +52,8 @@ class Context:
             benchmarks' default budgets (e.g. ``{"n_samples": 500}``).
         quality_settings: run only the quality configurations of these settings (e.g.
             ``("v, sigmoid",)``); empty: all of them.
+        solvers_model: the run folder of the main job's model for the solver benchmark
+            (default: ``runs/digits`` when it exists, else trained by the benchmark).
     """
 
     quick: bool
@@ -61,6 +63,7 @@ class Context:
     log: Callable[[str], None] = print
     quality_changes: dict[str, Any] = field(default_factory=dict)
     quality_settings: tuple[str, ...] = ()
+    solvers_model: Path | None = None
 
 
 def _cpuinfo(field: str) -> str | None:

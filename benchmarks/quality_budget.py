@@ -25,6 +25,7 @@ run at once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -146,18 +147,19 @@ class Contestant(ABC):
 class DiffusionkitContestant(Contestant):
     """``DenoiseDiffusion.loss`` / ``reverse_sample(clip=True)``.
 
-    Samples with ``DDPMSampler(clip_x0=True)``, as the command line's models do and as both
-    peers sample by default (diffusers' ``clip_sample=True``, lucidrains' clipped ``x_start``).
+    The model clips ``x0_hat`` (``x0_processing=ClipX0()``), as the command line's models do
+    and as both peers sample by default (diffusers' ``clip_sample=True``, lucidrains' clipped
+    ``x_start``); it samples with ``DDPMSampler()``.
     """
 
     def __init__(self, budget: Budget, seed: int, **diffusion_kwargs: Any) -> None:
-        from diffusionkit import DDPMSampler, DenoiseDiffusion, LinearSchedule, UNet
+        from diffusionkit import ClipX0, DenoiseDiffusion, LinearSchedule, UNet
 
         torch.manual_seed(seed)
         self.image = budget.image
         self.net = UNet(**DK_NET)
         diffusion_kwargs.setdefault("schedule", LinearSchedule(timesteps=budget.timesteps))
-        diffusion_kwargs.setdefault("sampler", DDPMSampler(clip_x0=True))
+        diffusion_kwargs.setdefault("x0_processing", ClipX0())
         self.model = DenoiseDiffusion(self.net, **diffusion_kwargs)
 
     def loss(self, x0: Tensor, generator: torch.Generator) -> Tensor:
@@ -317,51 +319,75 @@ ENTRIES: dict[str, Entry] = {
 
 
 # ---------------------------------------------------------------------------- one run
+class TrainingRun:
+    """One configuration trained on the budget's training split, as every library is:
+    a batch drawn, the library's own loss, backward, AdamW step, an EMA of the weights
+    updated with the warm-up ``min(ema_decay, (1 + n) / (10 + n))``."""
+
+    def __init__(self, label: str, seed: int, budget: Budget) -> None:
+        from benchmarks.quality import dataset_split
+
+        self.split = dataset_split(budget.dataset)
+        self.budget = budget
+        self.label, self.seed = label, seed
+        self.contestant = ENTRIES[label].build(budget, seed)
+        self.params = list(self.contestant.parameters())
+        self.opt = torch.optim.AdamW(self.params, lr=budget.lr, weight_decay=0.0)
+        self.ema = [p.detach().clone() for p in self.params]
+        self.data_g = torch.Generator().manual_seed(seed)
+        self.noise_g = torch.Generator().manual_seed(seed + 1000)
+        self.step = 0
+        self.loss = float("nan")
+
+    def train_to(self, until: int) -> float:
+        """Train up to optimizer step ``until``; return the last loss."""
+        data, budget = self.split.train_images, self.budget
+        self.contestant.net.train()
+        while self.step < until:
+            idx = torch.randint(0, data.shape[0], (budget.batch,), generator=self.data_g)
+            loss = self.contestant.loss(data[idx], self.noise_g)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.step += 1
+            decay = min(budget.ema_decay, (1.0 + self.step) / (10.0 + self.step))
+            with torch.no_grad():
+                for e, p in zip(self.ema, self.params, strict=True):
+                    e.lerp_(p, 1.0 - decay)
+            self.loss = loss.item()
+        if not math.isfinite(self.loss):
+            raise FloatingPointError(f"{self.label} seed {self.seed}: loss {self.loss} at {until}")
+        self.contestant.net.eval()
+        return self.loss
+
+    def averaged(self) -> contextlib.AbstractContextManager[None]:
+        """Inside the ``with`` block the network holds the EMA weights."""
+        return _swapped(self.params, self.ema)
+
+
 def train_and_score(label: str, seed: int, budget: Budget) -> dict[str, Any]:
     """Train configuration ``label`` with ``seed`` and score it at every checkpoint."""
-    from benchmarks.quality import dataset_split, score
+    from benchmarks.quality import score
 
     torch.set_num_threads(1)
-    split = dataset_split(budget.dataset)
-    data = split.train_images
-    contestant = ENTRIES[label].build(budget, seed)
-    params = list(contestant.parameters())
-    opt = torch.optim.AdamW(params, lr=budget.lr, weight_decay=0.0)
-    ema = [p.detach().clone() for p in params]
-    data_g = torch.Generator().manual_seed(seed)
-    noise_g = torch.Generator().manual_seed(seed + 1000)
+    run = TrainingRun(label, seed, budget)
     scores: dict[str, dict[str, float]] = {}
     train_s = sample_s = 0.0
-    step = 0
     for checkpoint in budget.checkpoints:
         start = time.perf_counter()
-        contestant.net.train()
-        while step < checkpoint:
-            idx = torch.randint(0, data.shape[0], (budget.batch,), generator=data_g)
-            loss = contestant.loss(data[idx], noise_g)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            decay = min(budget.ema_decay, (1.0 + step) / (10.0 + step))
-            with torch.no_grad():
-                for e, p in zip(ema, params, strict=True):
-                    e.lerp_(p, 1.0 - decay)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"{label} seed {seed}: loss {loss.item()} at step {step}")
+        loss = run.train_to(checkpoint)
         train_s += time.perf_counter() - start
         start = time.perf_counter()
-        contestant.net.eval()
-        with _swapped(params, ema):
-            samples = contestant.sample(budget.n_samples, seed=10_000 + seed)
+        with run.averaged():
+            samples = run.contestant.sample(budget.n_samples, seed=10_000 + seed)
         sample_s += time.perf_counter() - start
-        result = score(samples.clamp(-1, 1), split.test_images, seed=seed)
-        result["loss"] = loss.item()
+        result = score(samples.clamp(-1, 1), run.split.test_images, seed=seed)
+        result["loss"] = loss
         scores[str(checkpoint)] = result
     return {
         "label": label,
         "seed": seed,
-        "parameters": n_params(contestant.net),
+        "parameters": n_params(run.contestant.net),
         "scores": scores,
         "train_seconds": train_s,
         "sample_seconds": sample_s,

@@ -20,6 +20,7 @@ __all__ = [
     "load_results",
     "markdown",
     "replace_section",
+    "solvers_chart",
     "write_atomic",
     "write_results",
 ]
@@ -261,12 +262,85 @@ def _levers_md(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _solvers_md(r: dict[str, Any]) -> list[str]:
+    calls = [str(c) for c in r["calls"]]
+    seeds = r["seeds"]
+    lines = [
+        f"Frechet distance (classifier features, lower is better) of {r['n_samples']} samples "
+        f"against the held-out digits at {', '.join(calls)} network calls, mean over "
+        f"{len(seeds)} starting-noise seed(s) {seeds}; every solver of both libraries on the "
+        "same weights from the same starting noise, x0 clipped where the scheduler can "
+        "(diffusers' Euler, Euler ancestral and Heun cannot). diffusers' Heun makes 2N - 1 "
+        "calls: its row shows the calls it made when fewer.",
+    ]
+    for name, m in r["models"].items():
+        full = m["full_chain"]["mean"]
+        lines += [
+            "",
+            f"**{name}** ({m['description']}); full chain ({m['timesteps']} calls, DDPM): "
+            f"FD {full:.3f}",
+            "",
+            "| library | solver | " + " | ".join(f"{c} calls" for c in calls) + " |",
+            "|---|---|" + "---|" * len(calls),
+        ]
+        for library in ("diffusionkit", "diffusers"):
+            for solver, by_calls in m[library].items():
+                best = [
+                    min(m[library], key=lambda k, c=c: m[library][k][c]["mean"]) == solver
+                    for c in calls
+                ]
+                cells = []
+                for c, is_best in zip(calls, best, strict=True):
+                    cell = by_calls[c]
+                    text = f"{cell['mean']:.3f}"
+                    if cell["calls"] != int(c):
+                        text += f" ({cell['calls']})"
+                    cells.append(f"**{text}**" if is_best else text)
+                lines.append(f"| {library} | {solver} | " + " | ".join(cells) + " |")
+        v = m["verdict"]
+        if "10" in v:
+            t = v["10"]
+            lines += [
+                "",
+                f"At 10 calls: diffusionkit {t['diffusionkit']} {t['diffusionkit_fd']:.3f} vs "
+                f"diffusers {t['diffusers']} {t['diffusers_fd']:.3f} (no worse: "
+                f"{_mark(t['met_vs_diffusers'])}); within 10% of the full chain "
+                f"({1.1 * t['full_chain_fd']:.3f}): {_mark(t['met_vs_full_chain'])}.",
+            ]
+        if "5" in v:
+            t = v["5"]
+            lines.append(
+                f"At 5 calls: diffusionkit {t['diffusionkit']} {t['diffusionkit_fd']:.3f} vs "
+                f"diffusers {t['diffusers']} {t['diffusers_fd']:.3f} (below: "
+                f"{_mark(t['met_vs_diffusers'])})."
+            )
+    o = r.get("overhead")
+    if o:
+        lines += [
+            "",
+            f"Loop overhead of each diffusionkit solver: batch {o['batch']}, {o['calls']} calls, "
+            "the ~1.1M-parameter U-Net of benchmark 2 at 32x32x3 (median, min-max); target "
+            "<= 1% of network time.",
+            "",
+            "| solver | overhead % | ms per call | target |",
+            "|---|---|---|---|",
+        ]
+        for solver, c in o["solvers"].items():
+            ok = c["overhead_pct"] <= 1.0
+            lines.append(
+                f"| {solver} | {c['overhead_pct']:.2f} ({c['overhead_pct_min']:.2f} to "
+                f"{c['overhead_pct_max']:.2f}) | {c['ms_per_call']:.1f} | {_mark(ok)} |"
+            )
+    return lines
+
+
 _SECTIONS = {
     "speed": ("1. Network speed, same weights", _speed_md),
     "sampling_overhead": ("2. Sampling loop overhead", _overhead_md),
     "memory": ("3. Peak memory", _memory_md),
     "quality": ("4. Quality at equal budget", _quality_md),
     "quality_fashion": ("5. Quality at equal budget, Fashion-MNIST", _quality_md),
+    "solvers": ("6. Quality against network calls: few-step solvers", _solvers_md),
     "levers": ("Performance levers", _levers_md),
 }
 
@@ -348,6 +422,10 @@ def chart(results: dict[str, Any], path: Path) -> None:
         result = bench.get(name, {}).get("result", {})
         if "configs" in result:
             _quality_panel(ax, result, title)
+    solvers = bench.get("solvers", {}).get("result", {})
+    if solvers.get("models"):
+        name = next(iter(solvers["models"]))
+        _solvers_panel(axes[1][2], solvers, name, f"6. {name}: FD against network calls")
     for ax in axes.flat:
         if not ax.has_data():
             ax.axis("off")  # a benchmark that has not run yet
@@ -390,6 +468,54 @@ def _quality_panel(ax: Any, q: dict[str, Any], title: str) -> None:
     ax.set_ylabel("Frechet distance (classifier features)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
+
+
+def _solvers_panel(ax: Any, r: dict[str, Any], name: str, title: str) -> None:
+    """FD against network calls: diffusionkit solid, diffusers dashed, the full chain a line."""
+    import matplotlib.pyplot as plt
+
+    m = r["models"][name]
+    colors = plt.get_cmap("tab10")
+    for library, style in (("diffusionkit", "-"), ("diffusers", "--")):
+        for j, (solver, by_calls) in enumerate(m[library].items()):
+            points = sorted((v["calls"], v["mean"]) for v in by_calls.values())
+            ax.plot(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                style,
+                marker="o" if library == "diffusionkit" else "x",
+                color=colors(j % 10),
+                lw=1.2,
+                ms=3,
+                label=f"{solver}" if library == "diffusionkit" else f"diffusers {solver}",
+            )
+    ax.axhline(m["full_chain"]["mean"], color="k", lw=1, label=f"full chain ({m['timesteps']})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(r["calls"])
+    ax.set_xticklabels([str(c) for c in r["calls"]])
+    ax.set_xlabel("network calls")
+    ax.set_ylabel("Frechet distance (classifier features)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=6, ncol=2)
+
+
+def solvers_chart(r: dict[str, Any], path: Path) -> None:
+    """One panel per model of benchmark 6 (FD against network calls), for the docs page."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(r["models"])
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.6), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        _solvers_panel(ax, r, name, f"{name}: {r['models'][name]['description']}")
+    fig.tight_layout()
+    try:
+        atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=72, format="png"))
+    finally:
+        plt.close(fig)
 
 
 # ---------------------------------------------------------------------------- files

@@ -5,7 +5,7 @@ Usage (from the repository root, with the ``benchmarks`` extra installed)::
     python benchmarks/run.py                 # everything, results in benchmarks/results/latest.*
     python benchmarks/run.py --quick         # a smoke run of the harness; results in benchmarks/results/quick.*
     python benchmarks/run.py --only speed    # any of: speed, sampling_overhead, memory, quality,
-                                             # quality_fashion, levers
+                                             # quality_fashion, solvers, levers
 
 Full runs also refresh the result sections of ``benchmarks/README.md`` and
 ``docs/performance.md``. Timings are meaningless on a busy machine: ``--wait-quiet`` waits until
@@ -41,6 +41,7 @@ from benchmarks import (  # noqa: E402
     quality_fashion,
     report,
     sampling_overhead,
+    solvers,
     speed,
 )
 from benchmarks.common import (  # noqa: E402
@@ -52,11 +53,13 @@ from benchmarks.common import (  # noqa: E402
 )
 
 BENCHMARKS = {
-    m.NAME: m for m in (speed, sampling_overhead, memory, quality_budget, quality_fashion, levers)
+    m.NAME: m
+    for m in (speed, sampling_overhead, memory, quality_budget, quality_fashion, solvers, levers)
 }
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = (ROOT / "benchmarks" / "README.md", ROOT / "docs" / "performance.md")
 DOCS_CHART = ROOT / "docs" / "assets" / "performance.png"  # the docs site cannot reach results/
+DOCS_SOLVERS_CHART = ROOT / "docs" / "assets" / "solvers.png"  # the "Choosing a sampler" page
 
 
 def _now() -> str:
@@ -125,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         help="quality: only the configurations of these settings ('eps, linear', 'v, sigmoid'; "
         "default both)",
     )
+    parser.add_argument(
+        "--solvers-model",
+        type=Path,
+        metavar="DIR",
+        help="solvers: the main job's run folder (default: runs/digits if it exists, else "
+        "trained by the benchmark)",
+    )
     args = parser.parse_args(argv)
     stem = "quick" if args.quick else "latest"
     results_path = args.out / f"{stem}.json"
@@ -157,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         out_dir=args.out,
         quality_changes=changes,
         quality_settings=tuple(args.quality_settings or ()),
+        solvers_model=args.solvers_model,
     )
     machine = machine_info(device)
     ctx.log(
@@ -192,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
                 report.write_atomic(doc, report.replace_section(doc.read_text(), table))
                 ctx.log(f"updated {doc.relative_to(ROOT)}")
         report.write_atomic(DOCS_CHART, paths["png"].read_bytes())
+        if "solvers" in results["benchmarks"]:
+            report.solvers_chart(results["benchmarks"]["solvers"]["result"], DOCS_SOLVERS_CHART)
+            ctx.log(f"updated {DOCS_SOLVERS_CHART.relative_to(ROOT)}")
     return 0
 
 

@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from diffusionkit import CosineSchedule, DDPMSampler, DenoiseDiffusion, UNet
+from diffusionkit import ClipX0, CosineSchedule, DenoiseDiffusion, UNet
 from diffusionkit.training import Trainer
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -44,7 +44,7 @@ else:
     timesteps = 250
 # clip the x0 estimate while sampling: the cosine schedule's last step would otherwise
 # amplify the network's error 32-fold and leave some samples blank
-model = DenoiseDiffusion(net, CosineSchedule(timesteps=timesteps), DDPMSampler(clip_x0=True))
+model = DenoiseDiffusion(net, CosineSchedule(timesteps=timesteps), x0_processing=ClipX0())
 trainer = Trainer(
     model,
     "digits",  # scikit-learn's digits, padded to 16x16 and scaled to [-1, 1]

@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from diffusionkit import CosineSchedule, DDPMSampler, DenoiseDiffusion, UNet
+from diffusionkit import ClipX0, CosineSchedule, DenoiseDiffusion, UNet
 from diffusionkit.data import load_dataset
 from diffusionkit.training import Trainer
 
@@ -44,7 +44,7 @@ else:
                n_blocks=1, groups=8)  # fmt: skip
     settings = dict(steps=args.steps, batch_size=64, sample_every=1000, checkpoint_every=500)
     timesteps = 250
-model = DenoiseDiffusion(net, CosineSchedule(timesteps=timesteps), DDPMSampler(clip_x0=True))
+model = DenoiseDiffusion(net, CosineSchedule(timesteps=timesteps), x0_processing=ClipX0())
 trainer = Trainer(
     model, data, lr=1e-3, warmup_steps=200, ema_decay=0.999, out_dir=args.out, **settings
 )

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from diffusionkit import CosineSchedule, DDPMSampler, DenoiseDiffusion, UNet
+from diffusionkit import ClipX0, CosineSchedule, DenoiseDiffusion, UNet
 from diffusionkit.data import load_dataset
 from diffusionkit.training import Trainer
 
@@ -75,7 +75,7 @@ else:
         steps=args.steps, batch_size=32, sample_every=400, sample_count=16, checkpoint_every=200
     )
     timesteps = 250
-model = DenoiseDiffusion(net, CosineSchedule(timesteps=timesteps), DDPMSampler(clip_x0=True))
+model = DenoiseDiffusion(net, CosineSchedule(timesteps=timesteps), x0_processing=ClipX0())
 trainer = Trainer(model, data, lr=1e-3, warmup_steps=50, out_dir=args.out, **settings)
 result = trainer.train()
 print(f"trained {result.steps} steps in {result.seconds / 60:.1f} min, loss {result.loss:.4f}")

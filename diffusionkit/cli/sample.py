@@ -43,7 +43,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--sampler",
         default=None,
         metavar="NAME",
-        help=f"reverse step: {names} (default: the model's own sampler, saved with it)",
+        help=f"solver of the reverse process: {names} (default: the model's own sampler, "
+        "saved with it). For few steps, see docs/guides/choosing-a-sampler.md",
     )
     parser.add_argument(
         "--no-clip-x0",
@@ -57,7 +58,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=positive_int(1),
         default=None,
         metavar="S",
-        help="reverse steps (fewer than the model's T respaces the schedule; default: all T)",
+        help="network calls (fewer than the model's T respaces the schedule; heun makes two "
+        "per step but the last; default: one per timestep, all T)",
     )
     parser.add_argument("--seed", type=positive_int(0), default=0, help="random seed")
     parser.add_argument(
@@ -147,18 +149,22 @@ def run(args: argparse.Namespace) -> int:
         model.x0_processing = None
     size = image_size_of(args.model, args.image_size)
     steps = args.steps
-    if steps is not None and steps > model.timesteps:
+    chosen = sampler or model.sampler
+    chain_steps = model.timesteps if steps is None else chosen.steps_for_calls(steps, True)
+    if chain_steps > model.timesteps:
         raise CLIError(
-            f"--steps {steps} exceeds the model's {model.timesteps} timesteps", EXIT_USAGE
+            f"--steps {steps}: more network calls than {chosen.name or chosen} makes over the "
+            f"model's {model.timesteps} timesteps",
+            EXIT_USAGE,
         )
     channels = getattr(model.net, "in_channels", None) or 3
     shape = (args.num, channels, size, size)
     try:
-        model._check_shape(shape)
+        model.check_shape(shape)
     except ValueError as error:
         raise CLIError(f"--image-size {size}: {error}", EXIT_USAGE) from None
     nrow = max(1, round(math.sqrt(args.num)))
-    recorder = FrameRecorder(steps or model.timesteps, nrow=nrow) if args.gif else None
+    recorder = FrameRecorder(chain_steps, nrow=nrow) if args.gif else None
     samples = model.reverse_sample(
         shape,
         generator=torch.Generator().manual_seed(args.seed),
@@ -170,8 +176,8 @@ def run(args: argparse.Namespace) -> int:
     scale = max(1, 64 // size)
     out = save_grid(samples, args.out, nrow=nrow, scale=scale)
     print(
-        f"wrote {out}: {args.num} samples {size}x{size}, {sampler or model.sampler}, "
-        f"{steps or model.timesteps} steps, seed {args.seed}"
+        f"wrote {out}: {args.num} samples {size}x{size}, {chosen}, "
+        f"{steps or model.timesteps} network calls, seed {args.seed}"
     )
     if recorder is not None:
         gif = save_gif(recorder.frames, args.gif, scale=scale)
