@@ -16,8 +16,8 @@ from torch import Tensor, nn
 from diffusionkit._random import Generators, randn
 from diffusionkit.chain import Chain, StepCallback
 from diffusionkit.conditioning import check_cond, check_labels, drop_condition, drop_mask
-from diffusionkit.editing import Inpainting, check_image
-from diffusionkit.forward_process import q_sample, q_sample_at
+from diffusionkit.editing import Inpainting, check_image, initial_state
+from diffusionkit.forward_process import q_sample
 from diffusionkit.guidance import guided
 from diffusionkit.inputs import (
     check_data_range,
@@ -473,12 +473,15 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
         self.net.eval()
         try:
             with torch.inference_mode():
-                if start is not None:
-                    x = q_sample_at(start, plan.start_alpha_cumprod, generator, noise)
-                elif noise is not None:
-                    x = noise.clone()
-                else:
-                    x = randn(shape, generator, device=device, dtype=dtype)
+                x = initial_state(
+                    shape,
+                    plan.start_alpha_cumprod,
+                    generator,
+                    x_init=start,
+                    noise=noise,
+                    device=device,
+                    dtype=dtype,
+                )
                 chain = Chain(
                     view,
                     plan,

@@ -24,7 +24,7 @@ from diffusionkit._random import Generators, randn
 from diffusionkit.forward_process import q_sample_at
 from diffusionkit.inputs import check_data_range
 
-__all__ = ["Inpainting", "check_image", "noised"]
+__all__ = ["Inpainting", "check_image", "initial_state", "noised"]
 
 
 def check_image(name: str, x: Tensor, shape: Sequence[int]) -> Tensor:
@@ -53,6 +53,38 @@ def check_image(name: str, x: Tensor, shape: Sequence[int]) -> Tensor:
 
 #: draw from ``q(x_t | x_0)`` for one ``abar_t`` (kept under its earlier name)
 noised = q_sample_at
+
+
+def initial_state(
+    shape: Sequence[int],
+    alpha_cumprod: float,
+    generator: Generators,
+    *,
+    x_init: Tensor | None = None,
+    noise: Tensor | None = None,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """The state a reverse chain starts from, at its first timestep (``abar = alpha_cumprod``).
+
+    Pure noise ``N(0, I)`` (drawn from ``generator``, or ``noise`` as given), or, for
+    image-to-image (SDEdit, Meng et al. 2022, Algorithm 1), ``x_init`` noised to that timestep
+    in closed form with that noise.
+
+    Args:
+        shape: ``(B, C, H, W)``.
+        alpha_cumprod: ``abar`` of the chain's first timestep.
+        generator: source of the draw when ``noise`` is not given.
+        x_init: ``(B, C, H, W)`` images to start from, already checked and on ``device``.
+        noise: ``(B, C, H, W)``, the draw to use, already checked and on ``device``.
+        device: where the state lives.
+        dtype: its dtype.
+    """
+    if x_init is not None:
+        return q_sample_at(x_init, alpha_cumprod, generator, noise)
+    if noise is not None:
+        return noise.clone()
+    return randn(shape, generator, device=device, dtype=dtype)
 
 
 def _check_mask(mask: Tensor, shape: Sequence[int]) -> Tensor:
