@@ -170,3 +170,21 @@ def test_cli_refuses_a_second_writer_while_a_run_is_active(tmp_path, capsys):
     finally:
         child.send_signal(signal.SIGKILL)
         child.communicate()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fcntl.flock")
+def test_push_refuses_a_folder_that_is_being_trained_in(tmp_path, capsys):
+    from diffusionkit.training.lock import who_holds
+
+    assert who_holds(tmp_path) is None  # no lock file: nothing is created
+    assert not (tmp_path / LOCK_NAME).exists()
+    child = _start_holder(tmp_path)
+    try:
+        assert (who_holds(tmp_path) or "").startswith(f"process {child.pid} on ")
+        code = main(["push", "--model", str(tmp_path), "--repo", "alice/half-written"])
+        err = capsys.readouterr().err
+        assert code == 1 and f"process {child.pid}" in err and "being written" in err, err
+    finally:
+        child.kill()
+        child.wait()
+    assert who_holds(tmp_path) is None  # the holder died: the folder is free

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOCK_NAME", "HolderRecord", "RunLock", "RunLockedError", "run_lock"]
+__all__ = ["LOCK_NAME", "HolderRecord", "RunLock", "RunLockedError", "run_lock", "who_holds"]
 
 #: name of the lock file inside a run folder
 LOCK_NAME = ".diffusionkit-lock"
@@ -320,3 +320,33 @@ def run_lock(folder: str | os.PathLike[str] | None, *, rank: int = 0) -> Iterato
         return
     with RunLock(folder) as lock:
         yield lock
+
+
+def who_holds(folder: str | os.PathLike[str]) -> str | None:
+    """Who is writing ``folder`` right now, for readers that must not read a half-written run.
+
+    Creates nothing (a folder without a lock file is not being trained in). Returns ``None``
+    when no other process holds the lock (or on Windows, where this is not checked), else a
+    description such as ``"process 4242 on host (since 2024-05-01 10:12:03)"``.
+    """
+    path = Path(folder) / LOCK_NAME
+    if sys.platform == "win32" or os.path.realpath(path) in _HELD:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    import fcntl
+
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            record = HolderRecord.parse(_read(fd))
+            return "another process" if record is None else record.describe()
+        except OSError:
+            return None  # a file system without locks: nothing can be said
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
