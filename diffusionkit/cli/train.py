@@ -724,16 +724,6 @@ def _notes_on_stderr() -> Iterator[None]:
         yield
 
 
-def _rank() -> int:
-    """This process's rank under ``torchrun`` (0 without it): only rank 0 locks and writes."""
-    try:
-        return int(os.environ.get("RANK", "0") or 0)
-    except ValueError:
-        raise CLIError(
-            f"environment variable RANK={os.environ['RANK']!r} is not an integer"
-        ) from None
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``diffusionkit train``; returns the exit status."""
     settings, saved = _resolve(args)
@@ -741,11 +731,12 @@ def run(args: argparse.Namespace) -> int:
     resume = _resume_choice(args)
     device = _check_device(settings["device"])
 
+    from diffusionkit.training.distributed import launch_rank
     from diffusionkit.training.lock import RunLockedError, run_lock
 
     with _notes_on_stderr():
         try:
-            with run_lock(out, rank=_rank()) as lock:
+            with run_lock(out, rank=launch_rank()) as lock:
                 if lock is not None and lock.stale_note():
                     sys.stderr.write(f"diffusionkit train: note: {lock.stale_note()}\n")
                 return _train(args, settings, saved, out, resume, device)
