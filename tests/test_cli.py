@@ -267,6 +267,9 @@ def test_a_folder_holding_something_else_is_refused(tmp_path, capsys):
     code, _, err = run_cli(capsys, "train", "--out", str(out), "--steps", "1", *TINY)
     assert_one_line_error(code, err, 2, "notes.txt", "not part of a training run")
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["notes.txt"]
+    code, _, err = run_cli(capsys, "train", "--out", str(out / "notes.txt"), "--steps", "1", *TINY)
+    assert_one_line_error(code, err, 1, "notes.txt is a file", "choose a folder")
+    assert (out / "notes.txt").read_text() == "keep me"
 
 
 def test_a_started_run_without_checkpoints_is_not_silently_restarted(tmp_path, capsys):

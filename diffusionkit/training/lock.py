@@ -226,6 +226,8 @@ class RunLock:
         """Take the lock (or count one more use of it, when this process holds it already)."""
         if self._key is not None:
             raise RuntimeError(f"this RunLock of {self.folder} is already acquired")
+        if self.folder.exists() and not self.folder.is_dir():
+            raise NotADirectoryError(f"run folder {self.folder} is a file; choose a folder")
         self.folder.mkdir(parents=True, exist_ok=True)
         key = os.path.realpath(self.path)
         with _HELD_GUARD:
