@@ -7,10 +7,35 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["Generators", "randn"]
+__all__ = ["Generators", "check_generators", "randn"]
 
 #: One generator for the whole batch, one per sample, or ``None`` (torch's default generator).
 Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def check_generators(generator: object) -> Generators:
+    """Check that ``generator`` is ``None``, a ``torch.Generator`` or a sequence of them.
+
+    Raises:
+        TypeError: anything else (a seed, a list of seeds, a numpy generator); the message
+            says what was given and how to make a generator.
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    advice = "make one with torch.Generator().manual_seed(seed)"
+    if isinstance(generator, Sequence) and not isinstance(generator, str | bytes):
+        for i, g in enumerate(generator):
+            if not isinstance(g, torch.Generator):
+                raise TypeError(
+                    f"generator[{i}] is {g!r} ({type(g).__name__}), not a torch.Generator; "
+                    f"pass one generator per sample, e.g. [torch.Generator().manual_seed(s) "
+                    f"for s in seeds]"
+                )
+        return generator
+    raise TypeError(
+        f"generator must be a torch.Generator, a list of them (one per sample) or None, got "
+        f"{generator!r} ({type(generator).__name__}); {advice}"
+    )
 
 
 def randn(
@@ -32,6 +57,7 @@ def randn(
         dtype: dtype of the result.
     """
     shape = tuple(shape)
+    generator = check_generators(generator)
     if generator is None or isinstance(generator, torch.Generator):
         gen_device = generator.device if generator is not None else device
         out = torch.randn(shape, generator=generator, device=gen_device, dtype=dtype)

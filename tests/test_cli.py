@@ -173,3 +173,153 @@ def test_sigmoid_schedule_with_v_prediction_from_the_command_line(tmp_path, caps
     model = DenoiseDiffusion.from_pretrained(out)
     assert model.schedule == SigmoidSchedule(timesteps=20)
     assert model.prediction.value == "v"
+
+
+# ------------------------------------------- hostile and unlucky input (issue 15)
+
+
+def _tiny_run(tmp_path, capsys, steps: str = "4"):
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--out", str(run), "--steps", steps, *TINY)
+    assert code == 0, err
+    return run
+
+
+def test_resume_of_a_damaged_checkpoint_names_it_and_the_choice(tmp_path, capsys):
+    run = _tiny_run(tmp_path, capsys)
+    newest = run / "checkpoints" / "step-00000004" / "model.safetensors"
+    data = bytearray(newest.read_bytes())
+    data[-1] ^= 1
+    newest.write_bytes(bytes(data))
+    code, _, err = run_cli(capsys, "train", "--out", str(run), "--resume", "--steps", "6")
+    assert_one_line_error(
+        code, err, 1, "step-00000004 is damaged", "model.safetensors", "sha256",
+        "newest valid checkpoint is", "step-00000002", "--resume newest-valid",
+    )  # fmt: skip
+    code, out, err = run_cli(
+        capsys, "train", "--out", str(run), "--resume", "newest-valid", "--steps", "6"
+    )
+    assert code == 0, err
+    assert "note: skipped damaged checkpoint" in err and "step-00000004" in err
+    assert "resuming at step 2" in out
+    assert list_checkpoints(run / "checkpoints")[-1].name == "step-00000006"
+
+
+@pytest.mark.parametrize(
+    ("damage", "needles"),
+    [
+        ("model", ["model.safetensors is missing"]),  # was: "error: model"
+        ("rng", ["rng.safetensors is missing"]),  # was: rc 0, fresh random state
+        ("step", ["state.json has step -5", "integer >= 0"]),  # was: "division by zero"
+    ],
+)
+def test_resume_messages_name_the_file_and_the_value(tmp_path, capsys, damage, needles):
+    run = _tiny_run(tmp_path, capsys, steps="2")
+    folder = run / "checkpoints" / "step-00000002"
+    if damage == "step":  # a checkpoint from before manifests, with a bad step
+        (folder / "manifest.json").unlink(missing_ok=True)
+        state = json.loads((folder / "state.json").read_text())
+        state.update(format_version=1, step=-5)
+        (folder / "state.json").write_text(json.dumps(state))
+    else:
+        (folder / f"{damage}.safetensors").unlink()
+    code, _, err = run_cli(capsys, "train", "--out", str(run), "--resume", "--steps", "4")
+    assert_one_line_error(code, err, 1, "step-00000002", *needles)
+
+
+def test_resume_from_an_older_checkpoint_by_path(tmp_path, capsys):
+    run = _tiny_run(tmp_path, capsys, steps="6")
+    older = run / "checkpoints" / "step-00000004"
+    code, out, err = run_cli(
+        capsys, "train", "--out", str(run), "--resume", str(older), "--steps", "5"
+    )
+    assert code == 0, err
+    assert "resuming at step 4" in out and "note: resumed from step 4: moved" in err
+    names = [p.name for p in list_checkpoints(run / "checkpoints")]
+    assert names == ["step-00000004", "step-00000005"]  # step 6 of the old branch moved aside
+    assert (run / "checkpoints" / "abandoned" / "step-00000006").is_dir()
+
+
+def test_a_checkpoint_from_before_manifests_resumes_with_a_note(tmp_path, capsys):
+    run = _tiny_run(tmp_path, capsys, steps="2")
+    folder = run / "checkpoints" / "step-00000002"
+    (folder / "manifest.json").unlink()
+    state = json.loads((folder / "state.json").read_text())
+    state["format_version"] = 1
+    (folder / "state.json").write_text(json.dumps(state))
+    code, _, err = run_cli(capsys, "train", "--out", str(run), "--resume", "--steps", "3")
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if "note:" in line]
+    assert len(notes) == 1 and "cannot be verified" in notes[0]
+
+
+def test_a_folder_holding_something_else_is_refused(tmp_path, capsys):
+    # finding 6: a foreign config.json in --out was overwritten at the end of the run
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.json").write_text('{"model_type": "bert"}')
+    code, _, err = run_cli(capsys, "train", "--out", str(out), "--steps", "1", *TINY)
+    assert_one_line_error(code, err, 2, "config.json", "not a diffusionkit model's config")
+    assert (out / "config.json").read_text() == '{"model_type": "bert"}'
+    assert not (out / "train_config.json").exists()
+    (out / "config.json").unlink()
+    (out / "notes.txt").write_text("keep me")
+    code, _, err = run_cli(capsys, "train", "--out", str(out), "--steps", "1", *TINY)
+    assert_one_line_error(code, err, 2, "notes.txt", "not part of a training run")
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["notes.txt"]
+    code, _, err = run_cli(capsys, "train", "--out", str(out / "notes.txt"), "--steps", "1", *TINY)
+    assert_one_line_error(code, err, 1, "notes.txt is a file", "choose a folder")
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_a_started_run_without_checkpoints_is_not_silently_restarted(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "train_config.json").write_text("{}")
+    code, _, err = run_cli(capsys, "train", "--out", str(out), "--steps", "1", *TINY)
+    assert_one_line_error(code, err, 2, "wrote no checkpoint", "delete the folder")
+
+
+@pytest.mark.parametrize(
+    ("device", "needle"),
+    [("meta", "not on 'meta'"), ("cuda:7", "--device cuda:7"), ("nonsense", "not a device")],
+)
+def test_a_device_that_cannot_train_is_refused_before_anything_is_written(
+    tmp_path, capsys, device, needle
+):
+    # finding 9: --device meta failed only after writing train_config.json
+    out = tmp_path / "run"
+    code, _, err = run_cli(
+        capsys, "train", "--out", str(out), "--steps", "1", *TINY, "--device", device
+    )
+    assert_one_line_error(code, err, 2, needle)
+    assert not out.exists()
+
+
+def test_sample_into_a_folder_fails_before_sampling(tmp_path, capsys, monkeypatch):
+    # finding 9: "sample --out" naming a folder failed only after the whole chain had run
+    from diffusionkit import DenoiseDiffusion
+
+    run = _tiny_run(tmp_path, capsys, steps="1")
+
+    def must_not_sample(*args, **kwargs):
+        raise AssertionError("sampled before checking --out")
+
+    monkeypatch.setattr(DenoiseDiffusion, "reverse_sample", must_not_sample)
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    code, _, err = run_cli(capsys, "sample", "--model", str(run), "--out", str(folder))
+    assert_one_line_error(code, err, 2, "--out", "is a folder", "samples.png")
+    code, _, err = run_cli(
+        capsys, "sample", "--model", str(run), "--out", str(tmp_path / "g.png"),
+        "--gif", str(folder),
+    )  # fmt: skip
+    assert_one_line_error(code, err, 2, "--gif", "is a folder")
+
+
+def test_help_documents_the_resume_choices(capsys):
+    assert main(["train", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    for needle in ("--resume [WHICH]", "'newest'", "'newest-valid'", "checkpoint folder",
+                   "cannot change"):  # fmt: skip
+        assert needle in help_text, needle

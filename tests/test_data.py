@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import socket
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from diffusionkit.data import (
 )
 from diffusionkit.data import fashion_mnist as fmnist
 from diffusionkit.data.download import download_file
+from diffusionkit.data.folder import load_image
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -434,6 +436,41 @@ def test_folder_empty_or_missing(tmp_path):
         ImageFolderDataset(tmp_path / "empty", 4)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ImageFolderDataset(tmp_path / "missing", 4)
+
+
+@pytest.fixture
+def fail_instead_of_hanging():
+    """Turn a hang (a FIFO opened for reading waits for a writer forever) into a failure."""
+    import signal
+
+    def hung(signum, frame):
+        raise TimeoutError("hung: reading the folder blocked for 20 s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_folder_reads_only_regular_files(tmp_path, fail_instead_of_hanging, capsys):
+    # finding 8: a FIFO named x.png hung `train` forever
+    from diffusionkit.cli import main
+
+    _save(tmp_path / "images" / "a.png", np.zeros((8, 8, 3), dtype=np.uint8))
+    fifo = tmp_path / "images" / "x.png"
+    os.mkfifo(fifo)
+    os.symlink(tmp_path / "missing.png", tmp_path / "images" / "dangling.png")
+    data = ImageFolderDataset(tmp_path / "images", 8)
+    assert [f.name for f in data.files] == ["a.png"]
+    with pytest.raises(ImageReadError, match=r"x\.png is a FIFO"):
+        load_image(fifo, (8, 8), 3)  # a path swapped for a FIFO after listing fails too
+    code = main(["train", "--data", str(tmp_path / "images"), "--out", str(tmp_path / "run"),
+                 "--image-size", "8", "--dim", "8", "--dim-mults", "1,2", "--attn-levels",
+                 "none", "--groups", "4", "--timesteps", "20", "--batch-size", "1", "--steps",
+                 "1", "--sample-count", "1", "--sample-every", "0", "--no-progress"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
 
 
 # --- resolver ------------------------------------------------------------------------------

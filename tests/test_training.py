@@ -259,3 +259,160 @@ def test_compile_is_opt_in_and_trains_the_same_weights():
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=key)
     with pytest.raises(TypeError, match="compile must be"):
         Trainer(tiny_model(), tiny_data(), compile="max-autotune", **settings)
+
+
+# ------------------------------------------------------ checkpoints that can be trusted
+
+
+def _flip_last_byte(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_nan_stop_never_names_a_damaged_checkpoint_as_the_last_good_one(tmp_path, monkeypatch):
+    # finding 3: the checkpoint written at step 4 is damaged on disk before the NaN at step 5
+    base = tiny_model()
+    model = DenoiseDiffusion(NaNAfter(base.net, calls=5), base.schedule)
+    trainer = Trainer(model, tiny_data(), batch_size=4, lr=1e-3, steps=10, out_dir=tmp_path,
+                      checkpoint_every=2, **QUIET)  # fmt: skip
+    real_step = Trainer._train_step
+
+    def damage_then_step(self, batches):
+        if self.step == 5:
+            _flip_last_byte(tmp_path / "checkpoints" / "step-00000004" / "model.safetensors")
+        return real_step(self, batches)
+
+    monkeypatch.setattr(Trainer, "_train_step", damage_then_step)
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.train()
+    message = str(info.value)
+    assert "the last good checkpoint is" not in message.split("step-00000004")[0]
+    assert "step-00000004" in message and "damaged" in message
+    assert "the newest valid one is" in message and message.endswith(
+        "Try a lower learning rate or gradient clipping."
+    )
+    assert info.value.checkpoint == str(tmp_path / "checkpoints" / "step-00000002")
+
+
+@pytest.mark.parametrize("damage", ["flip", "optimizer", "rng"])
+def test_resume_refuses_a_damaged_checkpoint_and_falls_back_only_when_asked(tmp_path, damage):
+    # finding 3: a flipped bit resumed silently; a deleted optimizer or rng file resumed
+    # with fresh state (no longer exact)
+    settings = dict(batch_size=4, lr=1e-3, steps=4, checkpoint_every=2, **QUIET)
+    Trainer(tiny_model(), tiny_data(), out_dir=tmp_path, **settings).train()
+    newest = tmp_path / "checkpoints" / "step-00000004"
+    if damage == "flip":
+        _flip_last_byte(newest / "model.safetensors")
+    else:
+        (newest / f"{damage}.safetensors").unlink()
+    resumed = Trainer(tiny_model(), tiny_data(), out_dir=tmp_path, **settings)
+    with pytest.raises(ValueError, match="step-00000004 is damaged") as info:
+        resumed.resume()
+    assert "step-00000002" in str(info.value)  # the valid ones are listed
+    with pytest.warns(UserWarning) as notes:
+        resumed.resume(fallback=True)
+    assert [str(n.message).split(" ")[0] for n in notes] == ["skipped", "resumed"]
+    assert "step-00000004" in str(notes[0].message) and "abandoned" in str(notes[1].message)
+    assert resumed.step == 2
+    assert resumed.resume_report is not None and resumed.resume_report.verified
+
+
+def test_resuming_an_older_checkpoint_moves_the_newer_branch_aside(tmp_path):
+    # finding 5: the newer, stale branch stayed in place and won the next lookup
+    from diffusionkit.training import find_checkpoint
+
+    settings = dict(batch_size=4, lr=1e-3, checkpoint_every=2, keep_checkpoints=None, **QUIET)
+    Trainer(tiny_model(), tiny_data(), out_dir=tmp_path, steps=6, **settings).train()
+    older = tmp_path / "checkpoints" / "step-00000002"
+    branch = Trainer(tiny_model(), tiny_data(), out_dir=tmp_path, steps=3, **settings)
+    with pytest.warns(UserWarning, match="moved the newer checkpoints"):
+        branch.resume(older)
+    branch.train()
+    assert find_checkpoint(tmp_path).name == "step-00000003"
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == [
+        "step-00000002",
+        "step-00000003",
+    ]
+    kept = sorted(p.name for p in (tmp_path / "checkpoints" / "abandoned").iterdir())
+    assert kept == ["step-00000004", "step-00000006"]  # moved, not deleted
+
+
+def test_a_full_disk_names_the_file_and_the_checkpoint_kept(tmp_path, monkeypatch):
+    import errno
+
+    from diffusionkit.training import checkpoint as ckpt_mod
+
+    trainer = Trainer(tiny_model(), tiny_data(), batch_size=4, lr=1e-3, steps=4,
+                      out_dir=tmp_path, checkpoint_every=2, **QUIET)  # fmt: skip
+    real_write = ckpt_mod._write_tensor_file
+
+    def full_at_step_4(path, tensors):
+        if "step-00000004" in str(path.parent):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(path, tensors)
+
+    monkeypatch.setattr(ckpt_mod, "_write_tensor_file", full_at_step_4)
+    with pytest.raises(OSError) as info:
+        trainer.train()
+    message = str(info.value)
+    assert "model.safetensors" in message and "disk is full" in message
+    assert "newest checkpoint kept is" in message and "step-00000002" in message
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step-00000002"]
+
+
+# ------------------------------------------------------------------- the run folder
+
+
+def test_a_new_run_refuses_a_folder_that_holds_something_else(tmp_path):
+    # finding 6 (the run folder's part): foreign files, a foreign config.json, another run
+    (tmp_path / "notes.txt").write_text("my notes")
+    trainer = Trainer(tiny_model(), tiny_data(), batch_size=4, lr=1e-3, steps=1,
+                      out_dir=tmp_path, **QUIET)  # fmt: skip
+    with pytest.raises(ValueError, match=r"notes\.txt"):
+        trainer.train()
+    assert (tmp_path / "notes.txt").read_text() == "my notes"
+    assert not (tmp_path / "checkpoints").exists()
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "bert"}')
+    trainer = Trainer(tiny_model(), tiny_data(), batch_size=4, lr=1e-3, steps=1, out_dir=other,
+                      **QUIET)  # fmt: skip
+    with pytest.raises(ValueError, match="not a diffusionkit model's config"):
+        trainer.train()
+    assert (other / "config.json").read_text() == '{"model_type": "bert"}'
+
+    done = tmp_path / "done"
+    Trainer(tiny_model(), tiny_data(), batch_size=4, lr=1e-3, steps=1, out_dir=done,
+            **QUIET).train()  # fmt: skip
+    again = Trainer(tiny_model(), tiny_data(), batch_size=4, lr=1e-3, steps=2, out_dir=done,
+                    **QUIET)  # fmt: skip
+    with pytest.raises(ValueError, match="already holds a training run"):
+        again.train()
+
+
+def test_a_run_folder_holds_only_what_a_run_writes(tmp_path):
+    # every entry a full run writes is one the folder check knows (so a resume accepts it)
+    from diffusionkit.training.run_folder import RUN_ENTRIES
+
+    Trainer(tiny_model(), tiny_data(), batch_size=4, lr=1e-3, steps=2, out_dir=tmp_path,
+            sample_every=1, sample_count=4, progress=False).train()  # fmt: skip
+    visible = {p.name for p in tmp_path.iterdir() if not p.name.startswith(".")}
+    assert visible <= RUN_ENTRIES, visible - RUN_ENTRIES
+
+
+def test_the_memory_estimate_refuses_a_run_that_cannot_fit(monkeypatch):
+    from diffusionkit.training import trainer as trainer_mod
+
+    trainer = Trainer(tiny_model(), tiny_data(), batch_size=4, lr=1e-3, steps=1, **QUIET)
+    estimate = trainer.memory
+    assert estimate.activations is not None and estimate.activations > 0
+    assert estimate.optimizer == 2 * estimate.gradients
+    assert "activations" in estimate.describe() and "AdamW" in estimate.describe()
+    # activations grow with the batch: measured on the meta device at two batch sizes
+    bigger = Trainer(tiny_model(), tiny_data(), batch_size=16, lr=1e-3, steps=1, **QUIET)
+    assert bigger.memory.activations > 3 * estimate.activations
+    monkeypatch.setattr(trainer_mod, "physical_memory", lambda device: 1 << 10)
+    with pytest.raises(ValueError, match=r"more than the 1\.0 KiB of memory on cpu"):
+        Trainer(tiny_model(), tiny_data(), batch_size=4, lr=1e-3, steps=1, **QUIET)

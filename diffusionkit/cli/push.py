@@ -39,8 +39,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Run ``diffusionkit push``; returns the exit status."""
     from diffusionkit import DenoiseDiffusion
+    from diffusionkit.training.lock import who_holds
 
     folder = Path(args.model)
+    holder = who_holds(folder)
+    if holder is not None:
+        raise CLIError(
+            f"{folder} is being written by {holder} (a training run); push it when the run has "
+            "finished, so that the upload is not a half-written model"
+        )
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise CLIError(

@@ -129,8 +129,27 @@ def _build_sampler(name: str) -> Any:
         raise CLIError(f"--sampler: {error.args[0]}", EXIT_USAGE) from None
 
 
+def _check_output(path: str | None, flag: str) -> None:
+    """Refuse an output path that cannot be written, before any sampling is done."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise CLIError(
+            f"{flag} {target} is a folder; name the file to write, e.g. {target / 'samples.png'}",
+            EXIT_USAGE,
+        )
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CLIError(f"{flag} {target}: {parent} is a file, not a folder", EXIT_USAGE)
+            break
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``diffusionkit sample``; returns the exit status."""
+    _check_output(args.out, "--out")
+    _check_output(args.gif, "--gif")
     import torch
 
     from diffusionkit import DenoiseDiffusion

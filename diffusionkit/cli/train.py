@@ -5,15 +5,23 @@ builds the ``argparse`` options, validates ``--config`` files, and records the r
 settings as ``train_config.json`` in the run folder, from which ``--resume`` continues.
 Settings are resolved in this order, later ones winning: built-in defaults, the run folder's
 ``train_config.json`` (with ``--resume``), the ``--config`` file, the command line.
+
+Everything that can be checked is checked before anything is written: the options and their
+limits (:mod:`diffusionkit.limits`), the device, the run folder (one writer at a time, see
+:mod:`diffusionkit.training.lock`; no foreign files), and on ``--resume`` that the settings
+which define the model (:data:`FIXED_ON_RESUME`) are the run's own.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
-from collections.abc import Callable
+import sys
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +36,15 @@ from diffusionkit.cli.options import (
     probability,
 )
 
-__all__ = ["DEFAULT_IMAGE_SIZES", "OPTIONS", "TRAIN_CONFIG", "add_parser", "resolve", "run"]
+__all__ = [
+    "DEFAULT_IMAGE_SIZES",
+    "FIXED_ON_RESUME",
+    "OPTIONS",
+    "TRAIN_CONFIG",
+    "add_parser",
+    "resolve",
+    "run",
+]
 
 #: name of the resolved settings file in a run folder
 TRAIN_CONFIG = "train_config.json"
@@ -301,6 +317,21 @@ OPTIONS: tuple[Option, ...] = (
 _BY_NAME = {option.name: option for option in OPTIONS}
 DEFAULTS: dict[str, Any] = {option.name: option.default for option in OPTIONS}
 
+#: settings that define the model, the objective or the random streams of a run: ``--resume``
+#: refuses to change them (the others may change, take effect, and are reported). ``--data``
+#: may change (a moved folder) when the data keeps its size, classes and image shape, which
+#: the checkpoint checks.
+FIXED_ON_RESUME = (
+    "image_size", "channels", "dim", "dim_mults", "attn_levels", "n_blocks", "groups",
+    "dropout", "schedule", "timesteps", "prediction", "seed",
+)  # fmt: skip
+# settings about how this process runs, not about the run: not reported as changes
+_NOT_REPORTED = frozenset({"progress", "threads", "num_workers"})
+
+#: ``--resume`` values besides a checkpoint folder
+RESUME_NEWEST = "newest"
+RESUME_NEWEST_VALID = "newest-valid"
+
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``train`` subcommand to ``subparsers``."""
@@ -332,8 +363,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--resume",
-        action="store_true",
-        help="continue the run in --out from its newest checkpoint, with its saved settings",
+        nargs="?",
+        const=RESUME_NEWEST,
+        metavar="WHICH",
+        help="continue the run in --out with its saved settings, from: 'newest' (the default "
+        "when WHICH is left out; refused if that checkpoint is damaged), 'newest-valid' (the "
+        "newest checkpoint whose files match their checksums, skipping damaged ones), or a "
+        "checkpoint folder (newer checkpoints of the run are then moved to "
+        "checkpoints/abandoned/). Settings that define the model (size, channels, network, "
+        "schedule, timesteps, prediction, seed) cannot change; the others may and are reported",
     )
     groups = {
         "data": parser.add_argument_group("data"),
@@ -383,8 +421,10 @@ def _from_mapping(values: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def _read_json(path: Path, what: str) -> Any:
+    from diffusionkit.utils.files import read_regular
+
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_regular(path, what))
     except FileNotFoundError:
         raise CLIError(f"{what} {path} does not exist", EXIT_USAGE) from None
     except (OSError, UnicodeDecodeError) as error:
@@ -393,28 +433,84 @@ def _read_json(path: Path, what: str) -> Any:
         raise CLIError(f"{what} {path} is not valid JSON: {error}", EXIT_USAGE) from None
 
 
-def resolve(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings of a ``train`` command, merged and checked (see the module docstring)."""
+def _resume_choice(args: argparse.Namespace) -> str | None:
+    """``None`` (a new run), ``"newest"``, ``"newest-valid"`` or a checkpoint folder."""
+    which = getattr(args, "resume", None)
+    if which is None or which in (RESUME_NEWEST, RESUME_NEWEST_VALID):
+        return which
+    if not Path(which).is_dir():
+        raise CLIError(
+            f"--resume {which!r}: expected 'newest', 'newest-valid' or a checkpoint folder, and "
+            "no such folder exists",
+            EXIT_USAGE,
+        )
+    return str(which)
+
+
+def _resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``(settings, the run's saved settings or None)``; see :func:`resolve`."""
     given = {k: v for k, v in vars(args).items() if k in _BY_NAME}
     settings = dict(DEFAULTS)
     out = Path(args.out)
-    if getattr(args, "resume", False):
-        saved = out / TRAIN_CONFIG
-        if not saved.is_file():
+    saved: dict[str, Any] | None = None
+    if _resume_choice(args) is not None:
+        saved_file = out / TRAIN_CONFIG
+        if not saved_file.exists():
             raise CLIError(
                 f"--resume: {out} holds no run to resume (no {TRAIN_CONFIG}); start it "
                 "without --resume",
                 EXIT_USAGE,
             )
-        settings.update(_from_mapping(_read_json(saved, "run settings"), str(saved)))
+        saved = _from_mapping(_read_json(saved_file, "run settings"), str(saved_file))
+        settings.update(saved)
     config = getattr(args, "config", None)
     if config is not None:
-        settings.update(_from_mapping(_read_json(Path(config), "--config file"), config))
+        given = {**_from_mapping(_read_json(Path(config), "--config file"), config), **given}
     settings.update(given)
     if settings["data"] is None:
         raise CLIError("--data is required (digits, fashion-mnist or a folder)", EXIT_USAGE)
     _check_model_settings(settings)
-    return settings
+    if saved is not None:
+        _check_fixed(saved, settings, out)
+    return settings, saved
+
+
+def resolve(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings of a ``train`` command, merged and checked (see the module docstring)."""
+    return _resolve(args)[0]
+
+
+def _check_fixed(saved: dict[str, Any], settings: dict[str, Any], out: Path) -> None:
+    """Refuse a ``--resume`` that changes a setting of :data:`FIXED_ON_RESUME`."""
+    # the run's own resolved values (image size and channels were filled in when it started)
+    run = {**DEFAULTS, **saved}
+    _check_model_settings(run)
+    changed = [name for name in FIXED_ON_RESUME if run[name] != settings[name]]
+    if changed:
+        what = "; ".join(
+            f"{_BY_NAME[n].flag} {_shown(settings[n])} (the run has {_shown(run[n])})"
+            for n in changed
+        )
+        raise CLIError(
+            f"--resume cannot change settings that define the model or the objective: {what}. "
+            f"Resume without them to continue the run in {out}, or start a new run with "
+            "another --out",
+            EXIT_USAGE,
+        )
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "none"
+    return str(value)
+
+
+def _changes(saved: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    return [
+        f"{_BY_NAME[n].flag} {_shown(saved[n])} -> {_shown(settings[n])}"
+        for n in _BY_NAME
+        if n in saved and n not in _NOT_REPORTED and saved[n] != settings[n]
+    ]
 
 
 def _data_key(data: str) -> str | None:
@@ -425,9 +521,21 @@ def _data_key(data: str) -> str | None:
 
 
 def _check_model_settings(settings: dict[str, Any]) -> None:
+    from diffusionkit import limits
+
     levels = len(settings["dim_mults"])
     if levels < 1:
         raise CLIError("--dim-mults needs at least one level", EXIT_USAGE)
+    try:
+        limits.check_levels(levels, "--dim-mults")
+        for mult in settings["dim_mults"]:
+            limits.check_width(settings["dim"] * mult, "--dim x --dim-mults")
+        limits.check_timesteps(settings["timesteps"], "--timesteps")
+        limits.check_sample_count(settings["sample_count"], "--sample-count")
+        if settings["image_size"] is not None:
+            limits.check_image_size(settings["image_size"], "--image-size")
+    except limits.LimitError as error:
+        raise CLIError(str(error), EXIT_USAGE) from None
     bad = [level for level in settings["attn_levels"] if level >= levels]
     if bad:
         raise CLIError(
@@ -440,6 +548,12 @@ def _check_model_settings(settings: dict[str, Any]) -> None:
     if settings["channels"] is None:
         settings["channels"] = 1 if key else 3
     settings["channels"] = int(settings["channels"])
+    native = _native_size(key)
+    if native is not None:
+        try:
+            limits.check_upscale(settings["image_size"], native, key or "", "--image-size")
+        except limits.LimitError as error:
+            raise CLIError(str(error), EXIT_USAGE) from None
     multiple = 2 ** (levels - 1)
     size = settings["image_size"]
     if size % multiple:
@@ -468,6 +582,13 @@ def _check_model_settings(settings: dict[str, Any]) -> None:
             f"{settings['grad_accum']}",
             EXIT_USAGE,
         )
+
+
+def _native_size(key: str | None) -> int | None:
+    """The side of a built-in dataset's own images."""
+    from diffusionkit.data import digits, fashion_mnist
+
+    return {"digits": digits.NATIVE_SIZE, "fashion-mnist": fashion_mnist.NATIVE_SIZE}.get(key or "")
 
 
 def build_model(settings: dict[str, Any]) -> Any:
@@ -519,94 +640,174 @@ def _check_image_files(dataset: Any) -> None:
     reported before training starts rather than mid-run."""
     from PIL import Image, UnidentifiedImageError
 
+    from diffusionkit.utils.files import open_regular
+
     for path in dataset.files:
         try:
-            with Image.open(path) as image:
+            with open_regular(path, "image file") as f, Image.open(f) as image:
                 image.size  # noqa: B018 - reading the header is the check
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
             raise CLIError(f"cannot read image file {path}: {error}") from None
     dataset[0]
 
 
-def _check_run_folder(out: Path, resume: bool) -> None:
+def _check_device(name: str) -> Any:
+    """The ``torch.device`` to train on (``None`` for auto), refusing one that cannot train
+    here before anything is written."""
+    import torch
+
+    if name == "auto":
+        return None
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CLIError(f"--device {name!r} is not a device name", EXIT_USAGE) from None
+    problem = None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            problem = "this machine has no CUDA GPU PyTorch can use"
+        elif device.index is not None and device.index >= count:
+            problem = f"this machine has {count} CUDA GPU{'s' if count > 1 else ''}"
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            problem = "MPS (Apple GPUs) is not available here"
+    elif device.type != "cpu":
+        problem = f"training runs on cpu, cuda or mps, not on {device.type!r}"
+    if problem:
+        raise CLIError(f"--device {name}: {problem}; use --device cpu or auto", EXIT_USAGE)
+    return device
+
+
+def _check_run_folder(out: Path, resume: str | None) -> None:
     from diffusionkit.training.checkpoint import CHECKPOINTS_DIRNAME, list_checkpoints
+    from diffusionkit.training.run_folder import RunFolderError, check_run_folder
 
     existing = list_checkpoints(out / CHECKPOINTS_DIRNAME)
-    if resume and not existing:
+    if resume in (RESUME_NEWEST, RESUME_NEWEST_VALID) and not existing:
         raise CLIError(f"--resume: {out} has no checkpoint to resume from", EXIT_USAGE)
-    if not resume and existing:
+    if resume is None and existing:
         raise CLIError(
             f"{out} already holds a training run; pass --resume to continue it, or choose "
             "another --out",
             EXIT_USAGE,
         )
+    try:
+        check_run_folder(out, new_run=False)  # nothing foreign, whether new or resumed
+    except RunFolderError as error:
+        raise CLIError(str(error), EXIT_USAGE) from None
+    if resume is None and (out / TRAIN_CONFIG).exists():
+        raise CLIError(
+            f"{out} holds the start of a run that wrote no checkpoint ({TRAIN_CONFIG}, no "
+            f"checkpoints/): nothing in it can be resumed; delete the folder or choose another "
+            "--out",
+            EXIT_USAGE,
+        )
+
+
+@contextlib.contextmanager
+def _notes_on_stderr() -> Iterator[None]:
+    """Show the trainer's :class:`TrainingWarning` notes as one ``note:`` line each."""
+    from diffusionkit.training.errors import TrainingWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", TrainingWarning)
+        show = warnings.showwarning
+
+        def one_line(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+            if issubclass(category, TrainingWarning):
+                sys.stderr.write(f"diffusionkit train: note: {message}\n")
+            else:
+                show(message, category, *args, **kwargs)
+
+        warnings.showwarning = one_line
+        yield
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``diffusionkit train``; returns the exit status."""
-    settings = resolve(args)
+    settings, saved = _resolve(args)
     out = Path(args.out)
-    resume = bool(getattr(args, "resume", False))
+    resume = _resume_choice(args)
+    device = _check_device(settings["device"])
+
+    from diffusionkit.training.distributed import launch_rank
+    from diffusionkit.training.lock import RunLockedError, run_lock
+
+    with _notes_on_stderr():
+        try:
+            with run_lock(out, rank=launch_rank()) as lock:
+                if lock is not None and lock.stale_note():
+                    sys.stderr.write(f"diffusionkit train: note: {lock.stale_note()}\n")
+                return _train(args, settings, saved, out, resume, device)
+        except RunLockedError as error:
+            raise CLIError(str(error)) from None
+
+
+def _train(
+    args: argparse.Namespace,
+    settings: dict[str, Any],
+    saved: dict[str, Any] | None,
+    out: Path,
+    resume: str | None,
+    device: Any,
+) -> int:
+    """The run itself, with the run folder locked."""
     _check_run_folder(out, resume)
 
     import torch
 
+    from diffusionkit.limits import LimitError
     from diffusionkit.training import Trainer
+    from diffusionkit.training.checkpoint import CheckpointCorruptError, CheckpointWriteError
     from diffusionkit.utils.atomic import atomic_write_text
 
     if settings["threads"] is not None:
         torch.set_num_threads(settings["threads"])
-    device = None if settings["device"] == "auto" else settings["device"]
-    if device is not None:
-        try:
-            torch.device(device)
-        except RuntimeError:
-            raise CLIError(f"--device {device!r} is not a device name", EXIT_USAGE) from None
     precision = None if settings["precision"] == "auto" else settings["precision"]
     dataset = load_data(settings)
     model = build_model(settings)
-    trainer = Trainer(
-        model,
-        dataset,
-        batch_size=settings["batch_size"],
-        lr=settings["lr"],
-        steps=settings["steps"],
-        out_dir=out,
-        warmup_steps=settings["warmup_steps"],
-        lr_decay=settings["lr_decay"],
-        weight_decay=settings["weight_decay"],
-        grad_clip=settings["grad_clip"],
-        grad_accum=settings["grad_accum"],
-        ema_decay=settings["ema_decay"],
-        precision=precision,
-        device=device,
-        seed=settings["seed"],
-        checkpoint_every=settings["checkpoint_every"],
-        keep_checkpoints=settings["keep_checkpoints"],
-        sample_every=settings["sample_every"],
-        sample_count=settings["sample_count"],
-        sample_steps=settings["sample_steps"],
-        log_every=settings["log_every"],
-        num_workers=settings["num_workers"],
-        progress=settings["progress"],
-        compile=settings["compile"],
-    )
+    try:
+        trainer = Trainer(
+            model,
+            dataset,
+            batch_size=settings["batch_size"],
+            lr=settings["lr"],
+            steps=settings["steps"],
+            out_dir=out,
+            warmup_steps=settings["warmup_steps"],
+            lr_decay=settings["lr_decay"],
+            weight_decay=settings["weight_decay"],
+            grad_clip=settings["grad_clip"],
+            grad_accum=settings["grad_accum"],
+            ema_decay=settings["ema_decay"],
+            precision=precision,
+            device=device,
+            seed=settings["seed"],
+            checkpoint_every=settings["checkpoint_every"],
+            keep_checkpoints=settings["keep_checkpoints"],
+            sample_every=settings["sample_every"],
+            sample_count=settings["sample_count"],
+            sample_steps=settings["sample_steps"],
+            log_every=settings["log_every"],
+            num_workers=settings["num_workers"],
+            progress=settings["progress"],
+            compile=settings["compile"],
+        )
+    except LimitError as error:
+        raise CLIError(f"{error} (--batch-size, --grad-accum, --image-size, --dim)") from None
     try:
         main = trainer.dist.is_main
-        if resume:
-            trainer.resume(out)
+        if resume is not None:
+            where = out if resume in (RESUME_NEWEST, RESUME_NEWEST_VALID) else Path(resume)
+            try:
+                trainer.resume(where, fallback=resume == RESUME_NEWEST_VALID)
+            except CheckpointCorruptError as error:
+                raise CLIError(_damaged_message(error, out)) from None
+        trainer.claim_out_dir()
         if main:
             atomic_write_text(out / TRAIN_CONFIG, json.dumps(settings, indent=2) + "\n")
-            params = sum(p.numel() for p in model.net.parameters())
-            print(
-                f"training {params / 1e6:.2f}M-parameter U-Net on {len(dataset)} images "
-                f"({settings['data']}, {settings['image_size']}x{settings['image_size']}) for "
-                f"{settings['steps']} steps on {trainer.device} ({trainer.precision.value}, "
-                f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}"
-                f"{f', {trainer.dist.world_size} processes' if trainer.dist.enabled else ''})"
-                + (f", resuming at step {trainer.step}" if resume else ""),
-                flush=True,
-            )
+            _print_start(trainer, settings, saved, torch.get_num_threads())
         result = trainer.train()
     except KeyboardInterrupt:
         kept = trainer.last_checkpoint
@@ -620,6 +821,8 @@ def run(args: argparse.Namespace) -> int:
             ),
             130,
         ) from None
+    except CheckpointWriteError as error:
+        raise CLIError(f"{error} (diffusionkit train --out {os.fspath(out)} --resume)") from None
     finally:
         trainer.close()
     if main:
@@ -634,3 +837,37 @@ def run(args: argparse.Namespace) -> int:
             f"DenoiseDiffusion.from_pretrained({os.fspath(out)!r}))"
         )
     return 0
+
+
+def _damaged_message(error: Any, out: Path) -> str:
+    """The message for a damaged checkpoint on ``--resume``, naming the choices."""
+    message = f"checkpoint {error.path} is damaged: {error.problem}"
+    if not error.valid:
+        return f"{message}; no valid checkpoint to resume from in {out}"
+    return (
+        f"{message}; the newest valid checkpoint is {error.valid[0]}: resume from it with "
+        f"--resume {RESUME_NEWEST_VALID} (or --resume {error.valid[0]})"
+    )
+
+
+def _print_start(
+    trainer: Any, settings: dict[str, Any], saved: dict[str, Any] | None, threads: int
+) -> None:
+    params = sum(p.numel() for p in trainer.diffusion.net.parameters())
+    size = settings["image_size"]
+    print(
+        f"training {params / 1e6:.2f}M-parameter U-Net on {len(trainer.dataset)} images "
+        f"({settings['data']}, {size}x{size}) for {settings['steps']} steps on "
+        f"{trainer.device} ({trainer.precision.value}, {threads} thread"
+        f"{'s' if threads > 1 else ''}"
+        f"{f', {trainer.dist.world_size} processes' if trainer.dist.enabled else ''})"
+        + (f", resuming at step {trainer.step}" if trainer.resume_report else ""),
+        flush=True,
+    )
+    print(f"memory: {trainer.memory.describe()}", flush=True)
+    report = trainer.resume_report
+    if report is not None:
+        print(f"resumed from {report.checkpoint}", flush=True)
+        changes = _changes(saved or {}, settings)
+        if changes:
+            print(f"changed on resume: {', '.join(changes)}", flush=True)

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from diffusionkit.limits import check_image_size
+
 #: Label of an item that has no class.
 NO_LABEL = -1
 
@@ -71,6 +73,8 @@ def as_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
         size = (int(image_size[0]), int(image_size[1]))
     if min(size) < 1:
         raise ValueError(f"image_size must be positive, got {image_size!r}")
+    for side in size:
+        check_image_size(side, "image_size")
     return size
 
 

@@ -25,6 +25,7 @@ from diffusionkit.data._optional import require
 from diffusionkit.data.base import ImageDataset, Item, as_size, check_channels
 from diffusionkit.data.scaling import to_model_range
 from diffusionkit.data.transforms import Fit, fit_to_size, to_channels
+from diffusionkit.limits import check_upscale
 
 Split = Literal["all", "train", "heldout"]
 SPLITS: tuple[Split, ...] = ("all", "train", "heldout")
@@ -130,6 +131,8 @@ class DigitsDataset(ImageDataset):
         seed: int = 0,
     ) -> None:
         self.image_size = as_size(image_size)
+        for side in self.image_size:  # the images are held in memory at this size
+            check_upscale(side, NATIVE_SIZE, "digits", "image_size")
         self.channels = check_channels(channels)
         self.num_classes = len(self.classes)
         self.split = split

@@ -30,8 +30,12 @@ from diffusionkit.data.download import DownloadError, default_cache_dir, downloa
 from diffusionkit.data.idx import IDXFormatError, read_idx
 from diffusionkit.data.scaling import to_model_range
 from diffusionkit.data.transforms import Fit, check_fit, fit_to_size, to_channels
+from diffusionkit.limits import check_upscale
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+#: Side of the published images.
+NATIVE_SIZE = 28
 
 #: Mirrors of the publisher's files, tried in order (the checksums make plain HTTP safe).
 MIRRORS: tuple[str, ...] = (
@@ -237,6 +241,8 @@ class FashionMNISTDataset(ImageDataset):
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.image_size = as_size(image_size)
+        for side in self.image_size:
+            check_upscale(side, NATIVE_SIZE, "fashion-mnist", "image_size")
         self.channels = check_channels(channels)
         self.num_classes = len(CLASSES)
         self.train = train
@@ -247,7 +253,7 @@ class FashionMNISTDataset(ImageDataset):
         self.images = torch.from_numpy(images)  # (N, 28, 28) uint8
         self.labels = torch.from_numpy(labels)  # (N,) int64
         # Fail on an impossible size now rather than in a DataLoader worker.
-        check_fit((28, 28), self.image_size, fit)
+        check_fit((NATIVE_SIZE, NATIVE_SIZE), self.image_size, fit)
 
     def __len__(self) -> int:
         return self.images.shape[0]

@@ -3,7 +3,8 @@
 * Files are found recursively; names are matched case-insensitively against
   :data:`IMAGE_EXTENSIONS`; hidden files and folders (starting with ".") are skipped, which
   keeps out ``.git``, ``.ipynb_checkpoints`` and macOS ``._name.png`` resource forks, all of
-  which would otherwise look like images.
+  which would otherwise look like images. Only regular files (or links to them) are images:
+  a FIFO named ``x.png`` would block the reader forever, a device would never end.
 * Labels: when every image lies inside an immediate subfolder of the root, the subfolder names,
   sorted, are the classes (``root/cat/1.png`` -> class of "cat", as in torchvision's
   ImageFolder). When any image lies directly in the root the dataset is unlabelled. Pass
@@ -29,6 +30,7 @@ from diffusionkit.data._optional import require
 from diffusionkit.data.base import NO_LABEL, ImageDataset, Item, as_size, check_channels
 from diffusionkit.data.scaling import to_model_range
 from diffusionkit.data.transforms import pil_cover_crop, to_channels
+from diffusionkit.utils.files import NotARegularFileError, is_regular_file, open_regular
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -68,7 +70,9 @@ def find_images(
         files.extend(
             Path(folder, n)
             for n in names
-            if not n.startswith(".") and Path(n).suffix.lower() in wanted
+            if not n.startswith(".")
+            and Path(n).suffix.lower() in wanted
+            and is_regular_file(Path(folder, n))
         )
     if not files:
         raise ValueError(f"no image files ({', '.join(sorted(wanted))}) found under {root}")
@@ -93,7 +97,8 @@ def load_image(path: str | os.PathLike[str], size: tuple[int, int], channels: in
     pil = require("PIL.Image", "Pillow", "Reading image folders")
     mode = "L" if channels == 1 else "RGB"
     try:
-        with pil.open(path) as opened:
+        # open_regular: a path swapped for a FIFO after the folder was listed fails at once
+        with open_regular(path, "image file") as f, pil.open(f) as opened:
             # Lets JPEG decode at a reduced scale (still >= size): large photos load much faster.
             opened.draft(mode, (size[1], size[0]))
             opened.load()
@@ -102,6 +107,8 @@ def load_image(path: str | os.PathLike[str], size: tuple[int, int], channels: in
             image = opened.convert("F") if sixteen_bit else _flatten_alpha(opened).convert(mode)
     except (OSError, ValueError, SyntaxError, pil.DecompressionBombError) as error:
         # Pillow signals broken files with any of these (SyntaxError for some PNG chunk errors).
+        if isinstance(error, NotARegularFileError):
+            raise ImageReadError(str(error)) from error
         raise ImageReadError(f"cannot read image file {path}: {error}") from error
     resized = pil_cover_crop(image, size)
     if sixteen_bit:

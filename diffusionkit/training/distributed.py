@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["DistributedContext", "init_distributed"]
+__all__ = ["DistributedContext", "init_distributed", "launch_rank"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,12 @@ def _env_int(name: str, default: int) -> int:
         return int(value)
     except ValueError:
         raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def launch_rank() -> int:
+    """This process's rank as ``torchrun`` set it (0 without ``torchrun``), readable before any
+    process group exists: only rank 0 writes (and locks) a run folder."""
+    return _env_int("RANK", 0)
 
 
 def init_distributed(device: torch.device | str | None = None) -> DistributedContext:

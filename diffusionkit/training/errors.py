@@ -1,8 +1,8 @@
-"""Exceptions raised by training."""
+"""Exceptions and warnings raised by training."""
 
 from __future__ import annotations
 
-__all__ = ["NonFiniteLossError"]
+__all__ = ["NonFiniteLossError", "TrainingWarning"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -11,10 +11,17 @@ class NonFiniteLossError(FloatingPointError):
 
     Attributes:
         step: the 0-based optimizer step at which it happened.
-        checkpoint: the last good checkpoint folder, or ``None`` if none was written.
+        checkpoint: the last good checkpoint folder (verified when it was named), or ``None``
+            if there is none.
     """
 
     def __init__(self, message: str, *, step: int, checkpoint: str | None) -> None:
         super().__init__(message)
         self.step = step
         self.checkpoint = checkpoint
+
+
+class TrainingWarning(UserWarning):
+    """Something the user should know that does not stop training: a stale run lock taken
+    over, a checkpoint that cannot be verified, damaged checkpoints skipped on resume, newer
+    checkpoints moved aside. The command line prints these as ``note:`` lines."""

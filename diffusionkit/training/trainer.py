@@ -24,6 +24,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,19 +39,34 @@ from tqdm.auto import tqdm
 
 from diffusionkit.data import ImageDataset, load_dataset
 from diffusionkit.diffusion import DenoiseDiffusion
+from diffusionkit.limits import LimitError, check_sample_count
 from diffusionkit.training.checkpoint import (
     CHECKPOINTS_DIRNAME,
+    Checkpoint,
+    CheckpointCorruptError,
+    CheckpointWriteError,
+    find_checkpoint,
     flatten_optimizer_state,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
+    set_aside_newer,
     unflatten_optimizer_state,
+    verify_checkpoint,
 )
 from diffusionkit.training.data_order import DataOrder
 from diffusionkit.training.distributed import DistributedContext, init_distributed
 from diffusionkit.training.ema import EMA
-from diffusionkit.training.errors import NonFiniteLossError
+from diffusionkit.training.errors import NonFiniteLossError, TrainingWarning
+from diffusionkit.training.lock import RunLock, RunLockedError
 from diffusionkit.training.lr import LRDecay, WarmupSchedule
+from diffusionkit.training.memory import (
+    MemoryEstimate,
+    dataset_bytes,
+    estimate_training_memory,
+    format_bytes,
+    physical_memory,
+)
 from diffusionkit.training.metrics import MetricsLog
 from diffusionkit.training.precision import (
     Precision,
@@ -58,6 +74,16 @@ from diffusionkit.training.precision import (
     default_precision,
     make_grad_scaler,
 )
+from diffusionkit.training.resume import (
+    FIXED_SETTINGS,
+    ResumeMismatchError,
+    ResumeReport,
+    apply_optimizer_settings,
+    changed_settings,
+    check_trainer_state,
+    model_differences,
+)
+from diffusionkit.training.run_folder import check_run_folder
 from diffusionkit.utils.images import FrameRecorder, save_gif, save_grid
 
 __all__ = ["TrainResult", "Trainer"]
@@ -135,11 +161,13 @@ def _describe(diffusion: DenoiseDiffusion) -> dict[str, Any]:
                 out["config"] = repr(value)
         return out
 
+    weighting = getattr(diffusion, "weighting", None)
     return {
         "net": part(diffusion.net),
         "schedule": part(diffusion.schedule),
         "sampler": part(diffusion.sampler),
         "prediction": diffusion.prediction.value,
+        "weighting": None if weighting is None else part(weighting),
     }
 
 
@@ -260,6 +288,7 @@ class Trainer:
             raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip}")
         if not 0.0 <= label_dropout < 1.0:
             raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
+        check_sample_count(sample_count, "sample_count")
         if not isinstance(compile, bool | Mapping):
             raise TypeError(
                 f"compile must be True, False or a mapping of torch.compile options, got {compile!r}"
@@ -320,6 +349,15 @@ class Trainer:
             raise ValueError(
                 f"the model cannot take the dataset's {channels}x{height}x{width} images: {error}"
             ) from None
+        #: the estimated memory of one training process, checked before anything of it is
+        #: allocated (see :mod:`diffusionkit.training.memory`)
+        self.memory: MemoryEstimate = estimate_training_memory(
+            diffusion.net,
+            self.image_shape,
+            batch_size // (grad_accum * world),
+            data=dataset_bytes(self.dataset),
+        )
+        self._check_memory()
 
         self.diffusion = diffusion.to(self.device)
         self.conditional = getattr(diffusion.net, "num_classes", None) is not None
@@ -347,6 +385,9 @@ class Trainer:
         torch.manual_seed((self.seed * _MIX + 2 + self.dist.rank) & _MASK63)
         self.last_checkpoint: Path | None = None
         self._resumed_from: Path | None = None
+        #: what the last :meth:`resume` did (checkpoint, verification, changed settings)
+        self.resume_report: ResumeReport | None = None
+        self._claimed = False  # the run folder was checked and belongs to this run
         self._log = (
             MetricsLog(self.out_dir / METRICS_FILE)
             if self.out_dir is not None and self.dist.is_main
@@ -354,6 +395,16 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ set-up
+    def _check_memory(self) -> None:
+        total = physical_memory(self.device)
+        if total is None or self.memory.total <= total:
+            return
+        raise LimitError(
+            f"this run needs {self.memory.describe()}, more than the {format_bytes(total)} of "
+            f"memory on {self.device}; lower batch_size (or raise grad_accum), the image size "
+            "or the network's width"
+        )
+
     @staticmethod
     def _as_dataset(dataset: Any, diffusion: DenoiseDiffusion) -> ImageDataset:
         if isinstance(dataset, ImageDataset):
@@ -426,6 +477,7 @@ class Trainer:
             "model": _describe(self.diffusion),
             "trainer": self.config(),
             "image_shape": list(self.image_shape),
+            "data": {"size": len(self.dataset), "num_classes": self.dataset.num_classes},
         }
         return tensors, meta
 
@@ -434,17 +486,91 @@ class Trainer:
 
         Returns:
             The checkpoint folder on rank 0; ``None`` on other ranks or without ``out_dir``.
+
+        Raises:
+            CheckpointWriteError: the checkpoint could not be written (a full disk); the
+                message names the file and the newest checkpoint that was kept.
         """
         if not self._writes:
             return None
         assert self.checkpoint_dir is not None
-        tensors, meta = self.state()
-        self.last_checkpoint = save_checkpoint(
-            self.checkpoint_dir, self.step, tensors, meta, keep=self.keep_checkpoints
-        )
+        with self._run_folder():
+            tensors, meta = self.state()
+            try:
+                self.last_checkpoint = save_checkpoint(
+                    self.checkpoint_dir, self.step, tensors, meta, keep=self.keep_checkpoints
+                )
+            except CheckpointWriteError as error:
+                kept = self.last_checkpoint
+                where = (
+                    f"the newest checkpoint kept is {kept}: resume from it once the cause is fixed"
+                    if kept is not None
+                    else "no checkpoint of this run was written before it"
+                )
+                raise CheckpointWriteError(
+                    error.errno, f"{error}; {where}", path=error.path, file=error.file
+                ) from None
         return self.last_checkpoint
 
-    def resume(self, path: str | os.PathLike[str] | None = None) -> Trainer:
+    # -------------------------------------------------------------- run folder
+    @contextlib.contextmanager
+    def _run_folder(self, *, collective: bool = False) -> Iterator[None]:
+        """Hold the run folder's lock for the block (rank 0, with an ``out_dir``; see
+        :mod:`diffusionkit.training.lock`).
+
+        Args:
+            collective: every process calls this together; the other ranks learn whether
+                rank 0 got the lock, so that all of them stop (not only rank 0) if it did not.
+        """
+        lock = RunLock(self.out_dir) if self._writes and self.out_dir is not None else None
+        try:
+            if lock is not None:
+                lock.acquire()
+                note = lock.stale_note()
+                if note:
+                    warnings.warn(note, TrainingWarning, stacklevel=4)
+        except BaseException:
+            if collective:
+                self._agree(False)
+            raise
+        try:
+            if collective and not self._agree(True):
+                raise RunLockedError(
+                    f"rank 0 could not lock the run folder {self.out_dir}; see its message"
+                )
+            yield
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _agree(self, ok: bool) -> bool:
+        """Whether every process says ``ok`` (one all-reduce; ``ok`` itself for one process)."""
+        if not self.dist.enabled:
+            return ok
+        flag = torch.tensor(1.0 if ok else 0.0, device=self.device)
+        return bool(self.dist.mean(flag).item() == 1.0)
+
+    def claim_out_dir(self) -> None:
+        """Check that ``out_dir`` may be written by this run, before anything is written.
+
+        A run starting at step 0 needs a new or empty folder; a resumed run's folder may hold
+        only the run's own files. :meth:`train` calls this; call it earlier to fail before
+        doing other work. A no-op without an ``out_dir`` and on ranks other than 0.
+
+        Raises:
+            RunFolderError: the folder holds another run, or files that are not a run's.
+            RunLockedError: another process is training in the folder.
+        """
+        if not self._writes or self._claimed:
+            return
+        assert self.out_dir is not None
+        with self._run_folder():
+            check_run_folder(self.out_dir, new_run=self._resumed_from is None and self.step == 0)
+            self._claimed = True
+
+    def resume(
+        self, path: str | os.PathLike[str] | None = None, *, fallback: bool = False
+    ) -> Trainer:
         """Restore the state of a checkpoint, so that :meth:`train` continues from it exactly.
 
         A run interrupted after step ``k`` and resumed from its step-``k`` checkpoint ends with
@@ -452,51 +578,126 @@ class Trainer:
         with a different number of processes continues the same data order and randomness;
         only the floating-point summation order differs.
 
+        The checkpoint's files are verified against its manifest first. The model, the
+        objective, the data and the seed must be those of the checkpoint (see
+        :mod:`diffusionkit.training.resume`); the other settings of this trainer take effect
+        (a new weight decay is written into the optimizer) and are listed in
+        :attr:`resume_report`. Resuming this run from an older checkpoint moves its newer
+        ones to ``checkpoints/abandoned/``, so they do not win the next lookup.
+
         Args:
             path: a checkpoint folder, or a run folder / folder of checkpoints (the newest is
                 taken); ``None`` means this trainer's ``out_dir``.
+            fallback: if the newest checkpoint is damaged, resume from the newest valid one
+                (named in a :class:`TrainingWarning`) instead of raising.
 
         Returns:
             ``self``.
+
+        Raises:
+            CheckpointCorruptError: the checkpoint (the newest, without ``fallback``) is
+                incomplete or damaged; the message lists the valid ones.
+            ResumeMismatchError: it does not fit this model, data or seed; the message names
+                every difference.
         """
         if path is None:
             if self.out_dir is None:
                 raise ValueError("resume() needs a path when the trainer has no out_dir")
             path = self.out_dir
-        ckpt = load_checkpoint(path, map_location="cpu")
-        meta = ckpt.state
+        with self._run_folder(collective=True):
+            ckpt = load_checkpoint(path, map_location="cpu", fallback=fallback)
+            self._check_fits(ckpt.state, set(ckpt.tensors), ckpt.path)
+            self._restore(ckpt)
+            self._resumed_from = ckpt.path
+            self.last_checkpoint = ckpt.path
+            report = ResumeReport(ckpt.path, ckpt.step, ckpt.verified, skipped=ckpt.skipped)
+            saved = ckpt.state.get("trainer")
+            if isinstance(saved, Mapping):
+                report.changed = changed_settings(saved, self.config())
+            if self._writes:
+                assert self.checkpoint_dir is not None
+                self.claim_out_dir()
+                report.set_aside = set_aside_newer(self.checkpoint_dir, ckpt.step)
+                if self._log is not None:
+                    self._log.truncate_after(self.step)
+        self.resume_report = report
+        for note in report.notes():
+            warnings.warn(note, TrainingWarning, stacklevel=2)
+        return self
+
+    def _check_fits(self, state: Mapping[str, Any], stems: set[str], where: Path) -> None:
+        """Refuse a checkpoint that does not continue this trainer's problem, naming each
+        difference (see :mod:`diffusionkit.training.resume`)."""
+        check_trainer_state(state, stems, where)
+        differences = model_differences(state.get("model") or {}, _describe(self.diffusion))
+        saved_shape = state.get("image_shape")
+        if saved_shape is not None and list(saved_shape) != list(self.image_shape):
+            differences.append(
+                f"image shape (C, H, W): {tuple(saved_shape)} in the checkpoint, "
+                f"{self.image_shape} here"
+            )
+        size = state["data_order"]["size"]
+        if size != len(self.dataset):
+            differences.append(
+                f"dataset size: {size} examples in the checkpoint, {len(self.dataset)} here"
+            )
+        data = state.get("data") or {}
+        if "num_classes" in data and data["num_classes"] != self.dataset.num_classes:
+            differences.append(
+                f"dataset classes: {data['num_classes']} in the checkpoint, "
+                f"{self.dataset.num_classes} here"
+            )
+        saved = state.get("trainer") or {}
+        for key in FIXED_SETTINGS:
+            if key in saved and saved[key] != getattr(self, key):
+                differences.append(
+                    f"{key}: {saved[key]!r} in the checkpoint, {getattr(self, key)!r} here"
+                )
+        if differences:
+            raise ResumeMismatchError(
+                f"the checkpoint {where} does not fit this model and data: "
+                + "; ".join(differences)
+                + ". These settings define what is trained and cannot change when a run is "
+                "resumed: resume with the checkpoint's settings, or start a new run in another "
+                "folder",
+                differences,
+            )
+
+    def _restore(self, ckpt: Checkpoint) -> None:
+        """Load a checked checkpoint's state into the model, EMA, optimizer and generators."""
+        tensors, meta, step = ckpt.tensors, ckpt.state, ckpt.step
         try:
-            self.diffusion.net.load_state_dict(ckpt.tensors["model"], strict=True)
-            self.ema.load_state_dict(ckpt.tensors["ema"], int(meta["ema"]["num_updates"]))
+            self.diffusion.net.load_state_dict(tensors["model"], strict=True)
+            self.ema.load_state_dict(dict(tensors["ema"]), int(meta["ema"]["num_updates"]))
         except RuntimeError as error:
             first = str(error).strip().splitlines()[0]
             raise ValueError(
                 f"the checkpoint {ckpt.path} does not fit this model's architecture: {first}"
             ) from None
+        wanted = [
+            {k: v for k, v in group.items() if k != "params"}
+            for group in self.optimizer.param_groups
+        ]
         optimizer_state = unflatten_optimizer_state(
-            ckpt.tensors.get("optimizer", {}), meta["optimizer"], self.optimizer.state_dict()
+            tensors["optimizer"], meta["optimizer"], self.optimizer.state_dict()
         )
         self.optimizer.load_state_dict(optimizer_state)
+        apply_optimizer_settings(self.optimizer, wanted)
         self.order.load_state_dict(meta["data_order"])
         scaler_state = meta.get("grad_scaler")
         if self.scaler is not None and scaler_state:
             self.scaler.load_state_dict(scaler_state)
-        rng = ckpt.tensors.get("rng", {})
+        rng = tensors["rng"]
         if "trainer" in rng:
             self.generator.set_state(rng["trainer"])
         if self.dist.is_main and "torch_cpu" in rng:
             torch.set_rng_state(rng["torch_cpu"])
         else:  # other processes: a fresh stream per (seed, rank, step)
-            torch.manual_seed((self.seed * _MIX + 3 + self.dist.rank * 7919 + ckpt.step) & _MASK63)
+            torch.manual_seed((self.seed * _MIX + 3 + self.dist.rank * 7919 + step) & _MASK63)
         cuda_states = [rng[f"cuda.{i}"] for i in range(len(rng)) if f"cuda.{i}" in rng]
         if cuda_states and self.device.type == "cuda" and self.dist.world_size == 1:
             torch.cuda.set_rng_state_all(cuda_states)
-        self.step = ckpt.step
-        self._resumed_from = ckpt.path
-        self.last_checkpoint = ckpt.path
-        if self._log is not None:
-            self._log.truncate_after(self.step)
-        return self
+        self.step = step
 
     # ------------------------------------------------------------------ sampling
     def ema_diffusion(self) -> DenoiseDiffusion:
@@ -645,12 +846,7 @@ class Trainer:
             if not math.isfinite(loss)
             else f"the gradient norm is {grad_norm}"
         )
-        kept = self.last_checkpoint
-        where = (
-            f"the last good checkpoint is {kept} (resume from it)"
-            if kept is not None
-            else "no checkpoint had been written yet"
-        )
+        kept, where = self._last_good_checkpoint()
         advice = "a lower learning rate or gradient clipping"
         if self.precision is not Precision.FP32:
             advice += f", or precision fp32 instead of {self.precision.value}"
@@ -660,6 +856,27 @@ class Trainer:
         )
         raise NonFiniteLossError(message, step=step, checkpoint=None if kept is None else str(kept))
 
+    def _last_good_checkpoint(self) -> tuple[Path | None, str]:
+        """The newest checkpoint that verifies, and a sentence about it for a message."""
+        kept = self.last_checkpoint
+        if kept is None:
+            return None, "no checkpoint had been written yet"
+        if not self._writes:  # rank 0 verifies it and says so
+            return kept, f"the last checkpoint is {kept}"
+        try:
+            verify_checkpoint(kept)
+            return kept, f"the last good checkpoint is {kept} (resume from it)"
+        except CheckpointCorruptError as error:
+            damaged = f"the last checkpoint written, {kept}, is damaged ({error.problem})"
+        except OSError as error:
+            damaged = f"the last checkpoint written, {kept}, cannot be read ({error})"
+        assert self.checkpoint_dir is not None
+        try:
+            valid = find_checkpoint(self.checkpoint_dir, fallback=True)
+        except (OSError, CheckpointCorruptError):
+            return None, f"{damaged}, and no valid checkpoint is left"
+        return valid, f"{damaged}; the newest valid one is {valid} (resume from it)"
+
     def train(self) -> TrainResult:
         """Run (or continue) training up to ``steps``, then write the final checkpoint, the
         exported model, a sample grid and a denoising GIF (with an ``out_dir``).
@@ -667,7 +884,14 @@ class Trainer:
         Raises:
             NonFiniteLossError: the loss or gradients became NaN/inf (message names the step
                 and the last good checkpoint).
+            RunLockedError: another process is training in ``out_dir``.
+            RunFolderError: ``out_dir`` holds another run or files that are not a run's.
         """
+        with self._run_folder(collective=True):
+            self.claim_out_dir()
+            return self._train()
+
+    def _train(self) -> TrainResult:
         started = time.perf_counter()
         bar = tqdm(
             total=self.steps,
@@ -677,8 +901,6 @@ class Trainer:
             dynamic_ncols=True,
             disable=not (self.progress and self.dist.is_main),
         )
-        if self._writes and self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
         losses: list[float] = []
         norms: list[float] = []
         last_loss = math.nan

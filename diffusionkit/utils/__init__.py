@@ -1,4 +1,5 @@
-"""Utilities: image grids and GIFs of samples, and atomic file writes.
+"""Utilities: image grids and GIFs of samples, atomic file writes, and reading only regular
+files (never blocking on a FIFO).
 
 Not imported by ``import diffusionkit``; writing images needs Pillow
 (``pip install "diffusionkit[data]"``), imported only when a file is written.
@@ -11,6 +12,12 @@ from diffusionkit.utils.atomic import (
     atomic_write_text,
     fsync_dir,
 )
+from diffusionkit.utils.files import (
+    NotARegularFileError,
+    is_regular_file,
+    open_regular,
+    read_regular,
+)
 from diffusionkit.utils.images import (
     FrameRecorder,
     make_grid,
@@ -22,12 +29,16 @@ from diffusionkit.utils.images import (
 
 __all__ = [
     "FrameRecorder",
+    "NotARegularFileError",
     "atomic_path",
     "atomic_save",
     "atomic_write_bytes",
     "atomic_write_text",
     "fsync_dir",
+    "is_regular_file",
     "make_grid",
+    "open_regular",
+    "read_regular",
     "save_gif",
     "save_grid",
     "to_uint8",

@@ -70,6 +70,11 @@ PAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "denoiser": ("diffusionkit.denoiser", "the contract every network meets", ()),
     "registry": ("diffusionkit.registry", "name -> class tables for configs and the CLI", ()),
+    "limits": (
+        "diffusionkit.limits",
+        "bounds on configured sizes, checked before allocation",
+        (),
+    ),
     "data": ("diffusionkit.data", "datasets, image folders and the [-1, 1] scaling", ()),
     "hub": (
         "diffusionkit.hub",
@@ -95,6 +100,10 @@ PAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
             "diffusionkit.training.trainer",
             "diffusionkit.training.ema",
             "diffusionkit.training.checkpoint",
+            "diffusionkit.training.resume",
+            "diffusionkit.training.lock",
+            "diffusionkit.training.run_folder",
+            "diffusionkit.training.memory",
             "diffusionkit.training.precision",
             "diffusionkit.training.lr",
             "diffusionkit.training.data_order",
@@ -103,7 +112,11 @@ PAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
             "diffusionkit.training.errors",
         ),
     ),
-    "utils": ("diffusionkit.utils", "image grids, GIFs and atomic file writes", ()),
+    "utils": (
+        "diffusionkit.utils",
+        "image grids, GIFs, atomic file writes, reading only regular files",
+        (),
+    ),
     "cli": ("diffusionkit.cli", "the `diffusionkit` command line", ()),
 }
 
