@@ -30,6 +30,7 @@ The loop's own cost is measured as in benchmark 2 (network time by forward hooks
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 import statistics
@@ -216,12 +217,15 @@ def _theirs(m: SolverModel, label: str, calls: int, noise: Tensor, seed: int) ->
     scheduler = _diffusers_scheduler(m, label)
     scheduler.set_timesteps(diffusers_steps(label, calls)[0])
     g = torch.Generator().manual_seed(seed)
+    # deterministic schedulers take no generator
+    takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+    extra = {"generator": g} if takes_generator else {}
     x = noise * scheduler.init_noise_sigma
     net = m.model.net.eval()
     with torch.inference_mode():
         for t in scheduler.timesteps:
             out = net(scheduler.scale_model_input(x, t), t.expand(x.shape[0]))
-            x = scheduler.step(out, t, x, generator=g).prev_sample
+            x = scheduler.step(out, t, x, **extra).prev_sample
     return x.clamp(-1.0, 1.0)
 
 

@@ -118,6 +118,6 @@ def plan_sampling(
     window_abar = schedule.alphas_cumprod[last + 1 : first + 1] if spacing.needs_schedule else None
     visited = spacing.timesteps(window, count, window_abar) + (last + 1)
     kept = visited if last < 0 else torch.cat([visited.new_tensor([last]), visited])
-    if kept.numel() == total:  # every timestep, in order: the model's own schedule, exactly
-        return SamplingPlan(schedule, torch.arange(total), 0)
+    if last < 0 and kept.numel() == total:  # every timestep to the clean image: the model's own
+        return SamplingPlan(schedule, torch.arange(total), 0)  # schedule, exactly
     return SamplingPlan(RespacedSchedule(schedule, kept), kept, 0 if last < 0 else 1)

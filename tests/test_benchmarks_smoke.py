@@ -20,7 +20,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `benchmarks` is a folder of the repository, not of the package
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import common, memory, quality_budget, report, sampling_overhead  # noqa: E402
+from benchmarks import (  # noqa: E402
+    common,
+    memory,
+    quality_budget,
+    report,
+    sampling_overhead,
+    solvers,
+)
+from diffusionkit import ClipX0  # noqa: E402
 
 needs_lucidrains = pytest.mark.skipif(
     importlib.util.find_spec("denoising_diffusion_pytorch") is None,
@@ -280,7 +288,7 @@ def test_diffusers_sigmoid_entry_gets_the_same_betas_as_diffusionkit():
 def test_diffusionkit_entries_clip_x0_while_sampling_as_the_peers_do(label):
     c = quality_budget.ENTRIES[label].build(MICRO, 0)
     assert isinstance(c, quality_budget.DiffusionkitContestant)
-    assert c.model.sampler.clip_x0
+    assert c.model.x0_processing == ClipX0()
 
 
 def _fd(library, setting, mean, std):
@@ -528,3 +536,31 @@ def test_loop_cost_times_the_loop_without_the_stub():
     net = loop_cost.StubNet(2, evict=True)
     x = torch.zeros(2, 3, 32, 32)
     assert torch.equal(net(x, torch.zeros(2)), net.out) and net.sweep[0] == 1.0
+
+
+def test_solver_benchmark_scores_every_solver_of_both_libraries(tmp_path):
+    """Benchmark 6 at micro scale: every diffusionkit solver and diffusers scheduler sampled
+    from the same noise on one tiny model, scored, judged and drawn."""
+    from benchmarks.quality import digits_split
+    from diffusionkit import DenoiseDiffusion, LinearSchedule, UNet
+
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, dim=8, dim_mults=(1, 2), attns=(False, False), groups=4)
+    model = DenoiseDiffusion(net, LinearSchedule(40), x0_processing=ClipX0())
+    m = solvers.SolverModel(
+        "tiny", "untrained", model, (1, 8, 8), digits_split().test_images[:64], lambda x: x
+    )
+    ctx = common.Context(
+        quick=True, device=torch.device("cpu"), threads=1, out_dir=tmp_path, log=lambda s: None
+    )
+    result = solvers.quality(ctx, m, (5,), 16, (0,))
+    assert set(result["diffusionkit"]) == set(solvers.OURS)
+    assert set(result["diffusers"]) == set(solvers.THEIRS)
+    assert result["diffusers"]["Heun"]["5"]["calls"] == 5  # 3 steps = 5 calls
+    assert all(v["5"]["mean"] > 0 for v in result["diffusionkit"].values())
+    assert result["verdict"]["5"]["met_vs_diffusers"] in (True, False)
+    section = {"calls": [5], "n_samples": 16, "seeds": [0], "models": {"tiny": result}}
+    text = "\n".join(report._solvers_md(section))
+    assert "| diffusionkit | dpm++2m |" in text and "At 5 calls" in text
+    report.solvers_chart(section, tmp_path / "solvers.png")
+    assert (tmp_path / "solvers.png").stat().st_size > 1000

@@ -99,3 +99,14 @@ def test_fifty_step_ddpm_matches_diffusers_in_distribution():
     assert abs(ours.std().item() - 0.204) < 0.01  # not 0.25: 50 steps are not exact
     full = model.reverse_sample(shape, generator=seeded(0), progress=False)
     assert abs(full.std().item() - STD) < 0.012  # ... while all 1,000 are
+
+
+def test_a_chain_over_every_timestep_to_end_step_0_stops_there():
+    """Every timestep above end_step = 0 visited: the chain ends at x_0 (noisy), not clean."""
+    from diffusionkit.sampling_plan import plan_sampling
+
+    schedule = LinearSchedule(50)
+    plan = plan_sampling(schedule, None, "trailing", None, 0)
+    assert plan.stop == 1 and not plan.clean_end
+    assert plan.visited.tolist() == list(range(49, 0, -1))
+    assert plan.end_alpha_cumprod == schedule.alphas_cumprod[0].item()
