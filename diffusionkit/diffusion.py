@@ -13,7 +13,7 @@ from typing import Any, Literal, overload
 import torch
 from torch import Tensor, nn
 
-from diffusionkit._random import Generators, randn
+from diffusionkit._random import Generators, check_generators, randn
 from diffusionkit.chain import Chain, StepCallback
 from diffusionkit.conditioning import check_cond, check_labels, drop_condition, drop_mask
 from diffusionkit.editing import Inpainting, check_image, initial_state
@@ -223,6 +223,7 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
         """
         check_image_batch("x0", x0, self.net)
         check_data_range("x0", x0)
+        generator = check_generators(generator)
         batch = x0.shape[0]
         labels_t = check_labels(labels, batch, self.net, x0.device)
         cond_t = check_cond(cond, x0.shape, self.net, x0.device, x0.dtype)
@@ -423,6 +424,7 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
             ``clip``), or a :class:`SampleTrajectory` with ``return_intermediates=True``.
         """
         shape = self._sample_shape(shape, x_init, x_known, noise)
+        generator = check_generators(generator)
         sampler = self.sampler if sampler is None else get_sampler(sampler)
         if (x_init is None) != (start_step is None):
             raise ValueError(

@@ -142,6 +142,8 @@ def test_sample_errors(tmp_path, capsys):
     assert_one_line_error(code, err, 2, "unknown sampler 'no-such-sampler'", "ddim")
     code, _, err = run_cli(capsys, "sample", "--model", str(tmp_path), "-n", "0")
     assert_one_line_error(code, err, 2, "-n/--num")
+    code, _, err = run_cli(capsys, "sample", "--model", str(tmp_path), "-n", "100000")
+    assert_one_line_error(code, err, 2, "-n/--num", "sample count 100000")
 
 
 def test_console_entry_point_exits_non_zero_with_one_line(tmp_path):

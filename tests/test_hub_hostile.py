@@ -3,8 +3,10 @@
 * 6: ``save_pretrained`` removes only files it wrote itself, never what an old ``config.json``
   happens to name, and refuses to overwrite a ``config.json`` that is not a diffusionkit
   checkpoint's; the diffusers exporters refuse foreign files the same way.
+* 4: sizes in a ``config.json`` or a diffusers config are bounded before anything is allocated.
 * 7: a ``config.json`` missing a constructor argument is refused instead of loading defaults.
-* 9: ``from_pretrained('/')`` answers at once instead of walking the file system.
+* 9: ``from_pretrained('/')`` answers at once instead of walking the file system; the loss of
+  an empty batch or with a seed for a generator says what is wrong.
 """
 
 from __future__ import annotations
@@ -116,3 +118,60 @@ def test_the_listing_for_messages_is_shallow_and_bounded(tmp_path: Path) -> None
     for i in range(LISTED_FILES + 20):
         (tmp_path / f"f{i:04d}").write_text("")
     assert len(_shallow_listing(tmp_path)) == LISTED_FILES
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "match"),
+    [
+        (("schedule", "config", "timesteps"), 10**9, "timesteps 1000000000 is above the limit"),
+        (("net", "config", "dim"), 10**6, "level width"),
+        (("net", "config", "dim_mults"), [1] * 40, "number of levels"),
+        (("net", "config", "in_channels"), 10**5, "image channels"),
+    ],
+)
+def test_sizes_in_a_config_are_bounded_before_anything_is_allocated(
+    tmp_path: Path, path: tuple[str, ...], value: object, match: str
+) -> None:
+    """Finding 4: a config asking for 1e9 timesteps allocated gigabytes, then failed raw."""
+    tiny_model().save_pretrained(tmp_path)
+    config_path = tmp_path / "config.json"
+    config = json.loads(config_path.read_text())
+    node = config
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    config_path.write_text(json.dumps(config))
+    started = time.monotonic()
+    with pytest.raises(CheckpointError, match=match) as info:
+        DenoiseDiffusion.from_pretrained(tmp_path)
+    assert "config.json" in str(info.value)
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("file", "key", "value", "match"),
+    [
+        ("scheduler/scheduler_config.json", "num_train_timesteps", 10**8, "timesteps"),
+        ("unet/config.json", "block_out_channels", [8, 10**6], "level width"),
+        ("unet/config.json", "in_channels", 10**5, "image channels"),
+    ],
+)
+def test_sizes_in_a_diffusers_config_are_bounded(
+    tmp_path: Path, file: str, key: str, value: object, match: str
+) -> None:
+    tiny_model().save_diffusers(tmp_path, sample_size=8)
+    path = tmp_path / file
+    path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+    with pytest.raises(CheckpointError, match=match) as info:
+        DenoiseDiffusion.from_pretrained(tmp_path)
+    assert file.split("/")[-1] in str(info.value)
+
+
+def test_the_loss_names_an_empty_batch_and_a_seed_given_as_generator() -> None:
+    model = tiny_model()
+    with pytest.raises(ValueError, match="x0 is an empty batch"):
+        model.loss(torch.zeros(0, 1, 8, 8))
+    with pytest.raises(TypeError, match=r"torch.Generator\(\).manual_seed"):
+        model.loss(torch.zeros(2, 1, 8, 8), generator=5)
+    with pytest.raises(TypeError, match=r"generator\[1\] is 2"):
+        model.reverse_sample((2, 1, 8, 8), generator=[torch.Generator(), 2], progress=False)

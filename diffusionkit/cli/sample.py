@@ -10,6 +10,7 @@ from typing import Any
 
 from diffusionkit.cli.errors import EXIT_USAGE, CLIError
 from diffusionkit.cli.options import positive_int
+from diffusionkit.limits import LimitError, check_sample_count
 
 __all__ = ["add_parser", "image_size_of", "run"]
 
@@ -155,6 +156,10 @@ def run(args: argparse.Namespace) -> int:
     from diffusionkit import DenoiseDiffusion
     from diffusionkit.utils import FrameRecorder, save_gif, save_grid
 
+    try:
+        check_sample_count(args.num, "-n/--num")
+    except LimitError as error:
+        raise CLIError(str(error), EXIT_USAGE) from None
     sampler = None if args.sampler is None else _build_sampler(args.sampler)
     try:
         device = torch.device(args.device)

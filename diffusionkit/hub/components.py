@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from diffusionkit.hub.errors import CheckpointError
-from diffusionkit.networks import NETWORKS
+from diffusionkit.limits import LimitError, check_timesteps, check_unet_config
+from diffusionkit.networks import NETWORKS, UNet
 from diffusionkit.registry import Registry
 from diffusionkit.samplers import SAMPLERS, Sampler
 from diffusionkit.schedules import SCHEDULES, NoiseSchedule
@@ -296,6 +297,18 @@ def decode_arguments(
     return kwargs
 
 
+def _check_limits(cls: type, config: Mapping[str, Any], where: str) -> None:
+    """Refuse sizes that would allocate without bound before anything is built
+    (:mod:`diffusionkit.limits`): a schedule's ``timesteps``, a ``UNet``'s channels and levels."""
+    try:
+        if issubclass(cls, NoiseSchedule) and "timesteps" in config:
+            check_timesteps(config["timesteps"], where)
+        if issubclass(cls, UNet):
+            check_unet_config(config, where)
+    except LimitError as err:
+        raise CheckpointError(str(err)) from None
+
+
 def build_component(entry: Any, family: Family, label: str, *, meta: bool = False) -> Any:
     """Build a component from ``{"class": name, "config": {...}}`` read from ``label``.
 
@@ -326,6 +339,7 @@ def build_component(entry: Any, family: Family, label: str, *, meta: bool = Fals
             f"{family.registry_name} (import the module that does) before loading."
         ) from None
     where = f"{label}: {family.what} {name}"
+    _check_limits(cls, config, where)
     kwargs = decode_arguments(cls, config, where, meta=meta)
     try:
         if meta and issubclass(cls, nn.Module):

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from diffusionkit.hub.errors import CheckpointError
+from diffusionkit.limits import LimitError, check_timesteps
 from diffusionkit.prediction import Prediction
 from diffusionkit.samplers import DDPMSampler, PosteriorMeanSampler, Sampler, Variance
 from diffusionkit.schedules import (
@@ -130,6 +131,10 @@ def components_from_scheduler(config: Mapping[str, Any], label: str) -> Schedule
     steps = cfg["num_train_timesteps"]
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise CheckpointError(f"{label}: num_train_timesteps must be a positive int, got {steps!r}")
+    try:  # before a schedule allocates its tables
+        check_timesteps(steps, f"{label} (num_train_timesteps)")
+    except LimitError as err:
+        raise CheckpointError(str(err)) from None
     if cfg["trained_betas"] is not None:
         raise unsupported("trained_betas", "explicit beta lists have no diffusionkit schedule")
     if not isinstance(cfg["rescale_betas_zero_snr"], bool):

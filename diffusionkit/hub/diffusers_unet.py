@@ -17,6 +17,7 @@ from typing import Any
 from torch import Tensor
 
 from diffusionkit.hub.errors import CheckpointError
+from diffusionkit.limits import LimitError, check_image_channels, check_levels, check_width
 from diffusionkit.networks.unet import UNet
 
 __all__ = [
@@ -119,6 +120,14 @@ def unet_config_from_diffusers(config: Mapping[str, Any], label: str) -> dict[st
     if not isinstance(channels, list) or not channels:
         raise CheckpointError(f"{label}: block_out_channels must be a non-empty list")
     channels = [_positive_int(c, "every block_out_channels entry", label) for c in channels]
+    try:  # sizes that would allocate without bound, before anything is built
+        check_levels(len(channels), f"{label} (block_out_channels)")
+        for c in channels:
+            check_width(c, f"{label} (block_out_channels)")
+        for key in ("in_channels", "out_channels"):
+            check_image_channels(cfg[key], f"{label} ({key})")
+    except LimitError as err:
+        raise CheckpointError(str(err)) from None
     if (
         not isinstance(down, list)
         or not isinstance(up, list)
