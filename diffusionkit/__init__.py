@@ -29,6 +29,13 @@ from diffusionkit.samplers import (
     Variance,
     get_sampler,
 )
+from diffusionkit.samplers.dpm_solver import (
+    DPMSolverPlusPlus2M,
+    DPMSolverPlusPlus2MSDE,
+    DPMSolverPlusPlus3M,
+)
+from diffusionkit.samplers.karras import EulerAncestralSampler, EulerSampler, HeunSampler
+from diffusionkit.samplers.unipc import UniPCSampler
 from diffusionkit.schedules import (
     CosineSchedule,
     LinearSchedule,
@@ -47,9 +54,15 @@ __all__ = [
     "CosineSchedule",
     "DDIMSampler",
     "DDPMSampler",
+    "DPMSolverPlusPlus2M",
+    "DPMSolverPlusPlus2MSDE",
+    "DPMSolverPlusPlus3M",
     "DenoiseDiffusion",
     "Denoiser",
     "DynamicThreshold",
+    "EulerAncestralSampler",
+    "EulerSampler",
+    "HeunSampler",
     "LinearSchedule",
     "LossWeighting",
     "MinSNRWeighting",
@@ -62,6 +75,7 @@ __all__ = [
     "SigmoidSchedule",
     "Spacing",
     "UNet",
+    "UniPCSampler",
     "Variance",
     "X0Processing",
     "ZeroTerminalSNRSchedule",
