@@ -425,7 +425,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
     solvers = bench.get("solvers", {}).get("result", {})
     if solvers.get("models"):
         name = next(iter(solvers["models"]))
-        _solvers_panel(axes[1][2], solvers, name, f"6. {name}: FD against network calls")
+        _solvers_panel(axes[1][2], solvers, name, f"6. {name}: FD against network calls", True)
     for ax in axes.flat:
         if not ax.has_data():
             ax.axis("off")  # a benchmark that has not run yet
@@ -470,34 +470,57 @@ def _quality_panel(ax: Any, q: dict[str, Any], title: str) -> None:
     ax.legend(fontsize=7)
 
 
-def _solvers_panel(ax: Any, r: dict[str, Any], name: str, title: str) -> None:
-    """FD against network calls: diffusionkit solid, diffusers dashed, the full chain a line."""
+#: diffusers' scheduler labels of benchmark 6 -> the diffusionkit solver they match (one colour)
+_SOLVER_PEERS = {
+    "DDPM": "ddpm",
+    "DDIM": "ddim",
+    "DPM-Solver++ 2M": "dpm++2m",
+    "DPM-Solver++ 3M": "dpm++3m",
+    "DPM-Solver++ 2M SDE": "dpm++2m-sde",
+    "UniPC": "unipc",
+    "Euler": "euler",
+    "Euler ancestral": "euler-ancestral",
+    "Heun": "heun",
+}
+
+
+def _solvers_panel(ax: Any, r: dict[str, Any], name: str, title: str, legend: bool) -> None:
+    """FD against network calls: one colour per solver, diffusionkit solid, diffusers dashed,
+    the full chain a black line."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     m = r["models"][name]
+    order = list(m["diffusionkit"])
     colors = plt.get_cmap("tab10")
-    for library, style in (("diffusionkit", "-"), ("diffusers", "--")):
-        for j, (solver, by_calls) in enumerate(m[library].items()):
+    for library, style, marker in (("diffusionkit", "-", "o"), ("diffusers", "--", "x")):
+        for solver, by_calls in m[library].items():
+            key = _SOLVER_PEERS.get(solver, solver)
+            j = order.index(key) if key in order else len(order)
             points = sorted((v["calls"], v["mean"]) for v in by_calls.values())
             ax.plot(
                 [p[0] for p in points],
                 [p[1] for p in points],
                 style,
-                marker="o" if library == "diffusionkit" else "x",
+                marker=marker,
                 color=colors(j % 10),
-                lw=1.2,
-                ms=3,
-                label=f"{solver}" if library == "diffusionkit" else f"diffusers {solver}",
+                lw=1.3,
+                ms=4,
+                label=key if library == "diffusionkit" else None,
             )
     ax.axhline(m["full_chain"]["mean"], color="k", lw=1, label=f"full chain ({m['timesteps']})")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(r["calls"])
     ax.set_xticklabels([str(c) for c in r["calls"]])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("network calls")
     ax.set_ylabel("Frechet distance (classifier features)")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=6, ncol=2)
+    if legend:
+        ax.plot([], [], "k-", label="diffusionkit (solid)")
+        ax.plot([], [], "k--", label="diffusers (dashed)")
+        ax.legend(fontsize=7, ncol=2)
 
 
 def solvers_chart(r: dict[str, Any], path: Path) -> None:
@@ -508,10 +531,14 @@ def solvers_chart(r: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(r["models"])
-    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 5.2), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
-        _solvers_panel(ax, r, name, f"{name}: {r['models'][name]['description']}")
-    fig.tight_layout()
+        _solvers_panel(ax, r, name, f"{name}: {r['models'][name]['description']}", False)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    handles += [plt.Line2D([], [], color="k", ls="-"), plt.Line2D([], [], color="k", ls="--")]
+    labels += ["diffusionkit (solid)", "diffusers (dashed)"]
+    fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     try:
         atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=72, format="png"))
     finally:

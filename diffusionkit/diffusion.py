@@ -33,7 +33,7 @@ from diffusionkit.samplers import DDPMSampler, Sampler, get_sampler
 from diffusionkit.sampling_plan import plan_sampling
 from diffusionkit.schedules import LinearSchedule, NoiseSchedule
 from diffusionkit.spacing import Spacing
-from diffusionkit.thresholding import X0Processing
+from diffusionkit.thresholding import ClipX0, X0Processing
 from diffusionkit.view import DenoiserView, network_call
 from diffusionkit.weighting import LossWeighting
 
@@ -83,7 +83,10 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
             models, essential with the cosine schedule), :class:`~diffusionkit.DynamicThreshold`
             (Saharia et al. 2022), or ``None``. Every sampler respects it, also one chosen by
             name in :meth:`reverse_sample` (:meth:`predict_x0` and :meth:`predict_eps` return
-            the network's own estimates, unprocessed).
+            the network's own estimates, unprocessed). ``None`` with a default sampler that
+            clips (``DDPMSampler(clip_x0=True)``, how models clipped before this argument
+            existed, and checkpoints of format 1) means ``ClipX0()``: the model clips, so every
+            sampler does.
 
     Example:
         >>> from diffusionkit import ClipX0, DenoiseDiffusion, UNet
@@ -128,6 +131,8 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
         self.sampler = sampler
         self.prediction = prediction
         self.weighting = weighting
+        if x0_processing is None and getattr(sampler, "clip_x0", False) is True:
+            x0_processing = ClipX0()  # the sampler's clipping was the model's, before 0.2
         self.x0_processing = x0_processing
         # schedule tensors cast once per (name, device, dtype): not buffers, so they never
         # enter the state dict and never move on every call

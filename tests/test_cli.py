@@ -47,7 +47,7 @@ def test_train_sample_resume_push_end_to_end(tmp_path, capsys, hub_tokens):
     ]
     assert json.loads((run / "train_config.json").read_text())["image_size"] == 8
     # the model samples with x0 clipping (saved with it), which the cosine schedule needs
-    assert json.loads((run / "config.json").read_text())["sampler"]["config"]["clip_x0"] is True
+    assert json.loads((run / "config.json").read_text())["x0_processing"]["class"] == "ClipX0"
     assert "done: 3 steps" in out
 
     grid, gif = tmp_path / "s.png", tmp_path / "d.gif"

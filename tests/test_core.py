@@ -332,3 +332,24 @@ def test_chain_reports_the_plan():
     model.reverse_sample((1, 1, 2, 2), sampler=Spy(), steps=4, progress=False)
     assert seen["indices"] == [3, 2, 1, 0] and seen["calls"] == 4
     assert seen["targets"][-1] == 1.0  # the last step of a clean chain goes to abar = 1
+
+
+def test_a_default_sampler_that_clips_makes_the_model_clip(tmp_path):
+    """The trap of issue 13: DDPMSampler(clip_x0=True) as the model's sampler was how models
+    clipped; a sampler chosen by name then did not clip. Now the model does."""
+    schedule = CosineSchedule(30)
+    oracle = GaussianOracle(schedule, 0.0, 3.0)
+    model = DenoiseDiffusion(oracle, schedule, DDPMSampler(clip_x0=True))
+    assert model.x0_processing == ClipX0()
+    assert DenoiseDiffusion(oracle, schedule, DDPMSampler()).x0_processing is None
+    threshold = DynamicThreshold(0.9)
+    explicit = DenoiseDiffusion(
+        oracle, schedule, DDPMSampler(clip_x0=True), x0_processing=threshold
+    )
+    assert explicit.x0_processing is threshold
+    seen = []
+    model.reverse_sample(
+        (16, 1, 2, 2), sampler="ddim", steps=5, progress=False,
+        callback=lambda k, t, x, x0: seen.append(x0.abs().max().item()),
+    )  # fmt: skip
+    assert max(seen) <= 1.0

@@ -417,7 +417,7 @@ def test_invalid_config_json(saved: Path, changes: dict[str, Any], match: str) -
 @pytest.mark.parametrize(
     ("key", "value", "match"),
     [
-        ("dim", "8", "'dim' must be int"),
+        ("dim", "8", "dim must be an integer, got '8'"),  # the size limits check first
         ("attns", [0, 1], "'attns' must be Sequence\\[bool\\]"),
         ("wings", 2, "takes no argument\\(s\\) wings"),
         ("groups", 3, "invalid config"),  # right type, impossible value: the constructor says

@@ -31,9 +31,10 @@ A checkpoint folder holds:
 
 Format 1 (diffusionkit 0.1) had no ``x0_processing``: the only clipping of ``x0_hat`` was the
 sampler's own ``clip_x0``, which ``diffusionkit train`` set as a property of the model. A
-format-1 checkpoint whose sampler clips therefore loads with ``x0_processing = ClipX0()`` (its
-own sampler samples exactly as before, and samplers chosen by name clip too); one whose sampler
-does not clip loads with ``None``. Saving writes format 2.
+format-1 checkpoint whose sampler clips therefore loads with ``x0_processing = ClipX0()`` (the
+``DenoiseDiffusion`` constructor's rule for a missing ``x0_processing`` and a clipping sampler):
+its own sampler samples exactly as before, and samplers chosen by name clip too; one whose
+sampler does not clip loads with ``None``. Saving writes format 2.
 
 Components are ``{"class": <name in its registry>, "config": <constructor arguments>}``, nested
 where an argument is itself a component (:mod:`~diffusionkit.hub.components`). The model's
@@ -382,8 +383,8 @@ def parse_config(config: Any, label: str) -> CheckpointConfig:
     if "net" not in config:
         raise CheckpointError(f"{label}: missing 'net'")
     arguments = {k: v for k, v in config.items() if k not in _META_KEYS}
-    if version == 1 and kind is Kind.DIFFUSION:
-        arguments = _from_format_1(arguments, label)
+    if version == 1 and "x0_processing" in arguments:
+        raise CheckpointError(f"{label}: 'x0_processing' does not exist in format 1")
     if kind is Kind.NETWORK and set(arguments) != {"net"}:
         raise CheckpointError(
             f"{label}: a network checkpoint holds only 'net', got {', '.join(sorted(arguments))}"
@@ -406,18 +407,6 @@ def parse_config(config: Any, label: str) -> CheckpointConfig:
     )
 
 
-def _from_format_1(arguments: dict[str, Any], label: str) -> dict[str, Any]:
-    """A format-1 model's arguments in format 2: the sampler's ``clip_x0`` becomes the model's
-    ``x0_processing`` (see the module docstring)."""
-    if "x0_processing" in arguments:
-        raise CheckpointError(f"{label}: 'x0_processing' does not exist in format 1")
-    sampler = arguments.get("sampler")
-    config = sampler.get("config") if isinstance(sampler, dict) else None
-    clips = isinstance(config, dict) and config.get("clip_x0") is True
-    clip = {"class": "ClipX0", "config": {}}
-    return {**arguments, "x0_processing": clip if clips else None}
-
-
 def _weights_file(entry: Any, where: str) -> WeightsFile:
     if not isinstance(entry, dict):
         raise CheckpointError(f"{where} must be an object with 'file' and 'sha256'")
@@ -432,6 +421,11 @@ def _weights_file(entry: Any, where: str) -> WeightsFile:
     if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
         raise CheckpointError(f"{where}: 'sha256' must be 64 lowercase hex digits, got {digest!r}")
     return WeightsFile(name, digest)
+
+
+#: constructor arguments a checkpoint of a format cannot hold (added by a later format): they
+#: take their defaults
+_ADDED_AFTER: dict[int, frozenset[str]] = {1: frozenset({"x0_processing"})}
 
 
 def _model_arguments(cls: type) -> list[str]:
@@ -460,7 +454,8 @@ def build_model(
                 f"{cls.__name__}: load it with {net_class}.from_pretrained and build "
                 "DenoiseDiffusion(net, schedule) around it"
             )
-        missing = sorted(set(_model_arguments(cls)) - set(config.arguments))
+        newer = _ADDED_AFTER.get(config.format_version, frozenset())
+        missing = sorted(set(_model_arguments(cls)) - set(config.arguments) - newer)
         if missing:
             raise CheckpointError(
                 f"{label}: missing {', '.join(repr(m) for m in missing)}: a {cls.__name__} "
