@@ -24,7 +24,16 @@ from diffusionkit.chain import Chain
 from diffusionkit.configurable import Component
 from diffusionkit.schedules import StepCoefficients
 
-__all__ = ["Sampler"]
+__all__ = ["Sampler", "required_x0"]
+
+
+def required_x0(x0: Tensor | None, sampler: object) -> Tensor:
+    """``x0``, which a step whose :meth:`Sampler.uses_x0` is true must have been given."""
+    if x0 is None:
+        raise TypeError(
+            f"{type(sampler).__name__}: this step reads x0_hat (uses_x0 is True): pass it"
+        )
+    return x0
 
 
 class Sampler(Component):

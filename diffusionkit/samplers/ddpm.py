@@ -20,7 +20,7 @@ from torch import Tensor
 
 from diffusionkit._random import Generators, randn
 from diffusionkit.prediction import eps_from_x0
-from diffusionkit.samplers.base import Sampler
+from diffusionkit.samplers.base import Sampler, required_x0
 from diffusionkit.schedules import StepCoefficients
 
 __all__ = ["DDIMSampler", "DDPMSampler", "PosteriorMeanSampler", "Variance"]
@@ -40,13 +40,6 @@ def _noise_like(x: Tensor, generator: Generators) -> Tensor:
 def _add_noise(mean: Tensor, std: float, x_t: Tensor, generator: Generators) -> Tensor:
     """``mean + std z`` with ``z ~ N(0, I)``, accumulated into ``mean`` (a fresh tensor)."""
     return mean.add_(_noise_like(x_t, generator), alpha=std)
-
-
-def _given(x0: Tensor | None) -> Tensor:
-    """``x0``, which a sampler whose :meth:`Sampler.uses_x0` is true must have been given."""
-    if x0 is None:
-        raise TypeError("this step reads x0_hat: pass it (uses_x0 is True here)")
-    return x0
 
 
 class DDPMSampler(Sampler):
@@ -85,7 +78,7 @@ class DDPMSampler(Sampler):
         if x0 is not None or self.uses_x0(coef):
             # eq. 7's form: from a clipped or processed x0_hat, or where alpha_t = 0 (beta_t = 1:
             # x_t holds no signal and eq. 11's form below divides by zero)
-            x0 = _given(x0)
+            x0 = required_x0(x0, self)
             if self.clip_x0:
                 x0 = x0.clamp(-1.0, 1.0)
             mean = torch.mul(x_t, coef.posterior_mean_coef_xt)
@@ -130,7 +123,7 @@ class PosteriorMeanSampler(Sampler):
         coef: StepCoefficients,
         generator: Generators = None,
     ) -> Tensor:
-        x0 = _given(x0)
+        x0 = required_x0(x0, self)
         if self.clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
         mean = torch.mul(x_t, coef.posterior_mean_coef_xt)
@@ -181,7 +174,7 @@ class DDIMSampler(Sampler):
         coef: StepCoefficients,
         generator: Generators = None,
     ) -> Tensor:
-        x0 = _given(x0)
+        x0 = required_x0(x0, self)
         if self.clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
             eps = eps_from_x0(x_t, x0, coef.alpha_cumprod**0.5, (1.0 - coef.alpha_cumprod) ** 0.5)

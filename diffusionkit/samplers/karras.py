@@ -49,7 +49,7 @@ from torch import Tensor
 
 from diffusionkit._random import Generators, randn
 from diffusionkit.chain import Chain
-from diffusionkit.samplers.base import Sampler
+from diffusionkit.samplers.base import Sampler, required_x0
 from diffusionkit.schedules import StepCoefficients
 
 __all__ = [
@@ -60,12 +60,6 @@ __all__ = [
     "ancestral_variance",
     "second_order_steps",
 ]
-
-
-def _given(x0: Tensor | None, solver: str) -> Tensor:
-    if x0 is None:
-        raise TypeError(f"{solver}: this step reads x0_hat (uses_x0 is True): pass it")
-    return x0
 
 
 def _euler(x0: Tensor, eps: Tensor, a_next: float, direction: float) -> Tensor:
@@ -120,7 +114,7 @@ class EulerSampler(Sampler):
         generator: Generators = None,
     ) -> Tensor:
         a_next = coef.alpha_cumprod_prev
-        return _euler(_given(x0, "EulerSampler"), eps, a_next, math.sqrt(1.0 - a_next))
+        return _euler(required_x0(x0, self), eps, a_next, math.sqrt(1.0 - a_next))
 
 
 def ancestral_variance(a: float, a_next: float, eta: float) -> float:
@@ -193,7 +187,7 @@ class EulerAncestralSampler(Sampler):
         a_next = coef.alpha_cumprod_prev
         var = ancestral_variance(coef.alpha_cumprod, a_next, self.eta)
         direction = math.sqrt(max(1.0 - a_next - var, 0.0))
-        out = _euler(_given(x0, "EulerAncestralSampler"), eps, a_next, direction)
+        out = _euler(required_x0(x0, self), eps, a_next, direction)
         if var > 0.0:
             noise = randn(x_t.shape, generator, device=x_t.device, dtype=x_t.dtype)
             out.add_(noise, alpha=math.sqrt(var))
