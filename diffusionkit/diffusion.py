@@ -6,6 +6,7 @@ Conventions: timesteps ``t`` are 0-based (``t = 0`` is the first noising step, p
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
@@ -142,6 +143,16 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
     def timesteps(self) -> int:
         """Number of diffusion steps ``T`` of the schedule."""
         return self.schedule.timesteps
+
+    def with_net(self, net: nn.Module) -> DenoiseDiffusion:
+        """The same model (class, schedule, sampler, prediction, weighting, x0 processing)
+        around another network of the same architecture, e.g. an EMA copy of the weights."""
+        arguments = {
+            name: getattr(self, name)
+            for name in inspect.signature(type(self)).parameters
+            if name != "net"
+        }
+        return type(self)(net, **arguments)
 
     def _coef(self, name: str, t: Tensor, like: Tensor) -> Tensor:
         """``schedule.<name>[t]`` as ``(B, 1, 1, 1)`` on ``like``'s device and dtype."""

@@ -416,3 +416,20 @@ def test_the_memory_estimate_refuses_a_run_that_cannot_fit(monkeypatch):
     monkeypatch.setattr(trainer_mod, "physical_memory", lambda device: 1 << 10)
     with pytest.raises(ValueError, match=r"more than the 1\.0 KiB of memory on cpu"):
         Trainer(tiny_model(), tiny_data(), batch_size=4, lr=1e-3, steps=1, **QUIET)
+
+
+def test_the_ema_model_keeps_every_part_of_the_trained_one():
+    """The samples of a run (grids, samples.png, the GIF) come from the EMA model: it must clip,
+    weight and predict as the trained model does (it once dropped x0_processing, and the main
+    job's samples.png came out with blank and noisy digits)."""
+    from diffusionkit import ClipX0, DDIMSampler, MinSNRWeighting
+
+    model = tiny_model()
+    model = DenoiseDiffusion(
+        model.net, LinearSchedule(50), DDIMSampler(0.3), "v", MinSNRWeighting(3.0), ClipX0()
+    )
+    trainer = Trainer(model, tiny_data(), batch_size=4, lr=1e-3, steps=1, **QUIET)
+    ema = trainer.ema_diffusion()
+    assert ema.net is trainer.ema.module
+    for name in ("schedule", "sampler", "prediction", "weighting", "x0_processing"):
+        assert getattr(ema, name) == getattr(model, name), name

@@ -701,14 +701,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ sampling
     def ema_diffusion(self) -> DenoiseDiffusion:
-        """A :class:`DenoiseDiffusion` that shares the schedule and sampler but uses the EMA
-        weights (the weights sampling and export use by default)."""
-        return DenoiseDiffusion(
-            self.ema.module,
-            self.diffusion.schedule,
-            self.diffusion.sampler,
-            self.diffusion.prediction,
-        )
+        """The model around the EMA weights (the weights sampling and export use by default):
+        the same schedule, sampler, prediction, weighting and x0 processing."""
+        return self.diffusion.with_net(self.ema.module)
 
     def sample(
         self,
