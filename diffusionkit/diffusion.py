@@ -7,6 +7,7 @@ Conventions: timesteps ``t`` are 0-based (``t = 0`` is the first noising step, p
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
@@ -71,7 +72,10 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
         net: the denoising network, a :class:`~diffusionkit.Denoiser` or any ``nn.Module``
             called as ``net(x, t)`` with ``x`` ``(B, C, H, W)`` and ``t`` ``(B,)`` int64.
         schedule: the forward-process schedule; a new :class:`LinearSchedule` (``T = 1000``)
-            by default.
+            by default. An int ``T`` is ``LinearSchedule(T)``: the DDPM paper's betas, 1e-4 to
+            0.02 at ``T = 1000``, scaled by ``1000 / T`` at other ``T`` (the call
+            ``DenoiseDiffusion(net, 1000)`` of other DDPM code; see the "Coming from" guide for
+            the schedules those projects actually use).
         sampler: the default sampler: a :class:`Sampler`, or a registered name such as
             ``"dpm++2m"`` (see :func:`~diffusionkit.get_sampler`); a new :class:`DDPMSampler`
             by default.
@@ -99,7 +103,7 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
     def __init__(
         self,
         net: nn.Module,
-        schedule: NoiseSchedule | None = None,
+        schedule: NoiseSchedule | int | None = None,
         sampler: Sampler | str | None = None,
         prediction: Prediction | str = Prediction.EPS,
         weighting: LossWeighting | None = None,
@@ -110,6 +114,8 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
             raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
         if schedule is None:
             schedule = LinearSchedule()
+        elif isinstance(schedule, int) and not isinstance(schedule, bool):
+            schedule = LinearSchedule(schedule)  # DenoiseDiffusion(net, T), as other code writes it
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
         sampler = DDPMSampler() if sampler is None else get_sampler(sampler)
@@ -317,6 +323,7 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
         start_step: int | None = ...,
         end_step: int | None = ...,
         x_init: Tensor | None = ...,
+        strength: float | None = ...,
         x_known: Tensor | None = ...,
         mask: Tensor | None = ...,
         resample_jumps: int = ...,
@@ -342,6 +349,7 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
         start_step: int | None = ...,
         end_step: int | None = ...,
         x_init: Tensor | None = ...,
+        strength: float | None = ...,
         x_known: Tensor | None = ...,
         mask: Tensor | None = ...,
         resample_jumps: int = ...,
@@ -366,6 +374,7 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
         start_step: int | None = None,
         end_step: int | None = None,
         x_init: Tensor | None = None,
+        strength: float | None = None,
         x_known: Tensor | None = None,
         mask: Tensor | None = None,
         resample_jumps: int = 0,
@@ -408,7 +417,13 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
             end_step: stop at ``x_e`` for ``0 <= e < start_step`` (a noisy result at model
                 timestep ``e``) instead of the clean ``e = -1`` (the default).
             x_init: ``(B or 1, C, H, W)`` images in ``[-1, 1]`` to start from; needs
-                ``start_step``.
+                ``start_step`` or ``strength``.
+            strength: image-to-image by how much to change ``x_init``, in ``(0, 1]``: the chain
+                starts at model timestep ``round(strength * T) - 1`` (at least 0), so ``1`` is
+                pure noise and small values stay close to ``x_init`` (diffusers' img2img
+                ``strength``, the ``t_start`` of hand-written samplers). The alternative to
+                ``start_step``; ``steps`` still counts network calls within that window
+                (diffusers instead runs ``int(steps * strength)`` of ``steps`` calls).
             x_known: ``(B or 1, C, H, W)`` images in ``[-1, 1]`` for inpainting (RePaint,
                 Lugmayr et al. 2022): before every network call, the known region of ``x_t``
                 is replaced by ``x_known`` noised to ``t``, and the result equals ``x_known``
@@ -442,10 +457,17 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
         shape = self._sample_shape(shape, x_init, x_known, noise)
         generator = check_generators(generator)
         sampler = self.sampler if sampler is None else get_sampler(sampler)
+        if strength is not None:
+            if start_step is not None:
+                raise ValueError(
+                    "pass start_step or strength, not both: they say the same thing (strength s "
+                    "starts at round(s * T) - 1)"
+                )
+            start_step = self.start_step_of(strength)
         if (x_init is None) != (start_step is None):
             raise ValueError(
                 "image-to-image needs both x_init (the image) and start_step (the timestep to "
-                "noise it to); got only "
+                "noise it to) or strength (how much to change it, in (0, 1]); got only "
                 + ("x_init" if x_init is not None else f"start_step={start_step}")
             )
         clean_end = end_step is None or end_step == -1
@@ -525,6 +547,18 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
             x0_pred=torch.stack(chain.x0s),
             timesteps=plan.visited,
         )
+
+    def start_step_of(self, strength: float) -> int:
+        """The model timestep ``round(strength * T) - 1`` (at least 0) that image-to-image with
+        ``strength`` in ``(0, 1]`` starts from (see :meth:`reverse_sample`)."""
+        if (
+            isinstance(strength, bool)
+            or not isinstance(strength, int | float)
+            or not math.isfinite(strength)
+            or not 0.0 < strength <= 1.0
+        ):
+            raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
+        return max(round(strength * self.timesteps) - 1, 0)
 
     def _sample_shape(
         self,
