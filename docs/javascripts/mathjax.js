@@ -8,8 +8,11 @@ window.MathJax = {
     tags: "ams",
   },
   options: {
+    // only the math pymdownx.arithmatex marked, and the navigation's link texts, where the
+    // table of contents shows a heading's math as plain TeX (## The closed form \(q(x_t)\));
+    // md-ellipsis is the span inside each link, which would be ignored otherwise
     ignoreHtmlClass: ".*|",
-    processHtmlClass: "arithmatex",
+    processHtmlClass: "arithmatex|md-nav__link|md-ellipsis",
   },
 };
 
