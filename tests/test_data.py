@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import socket
 import subprocess
@@ -24,7 +25,9 @@ from diffusionkit.data import (
     IDXFormatError,
     ImageFolderDataset,
     ImageReadError,
+    PairedFolderDataset,
     TensorImageDataset,
+    UnpairedFilesError,
     digits_split_indices,
     load_dataset,
     read_idx,
@@ -166,6 +169,123 @@ def test_dataset_adapter_catches_unit_range_and_bad_items():
     data = DatasetAdapter(_ListDataset(items))
     with pytest.raises(ValueError, match="item 10's image has min=-255 and max=255"):
         data[10]
+
+
+def test_dataset_adapter_reads_image_cond_pairs():
+    # issue 14: (image, cond) items failed with "RuntimeError: shape '[]' is invalid"
+    images, conds = _images(-1, 1), torch.rand(6, 2, 4, 4) * 3  # cond in any scale
+    data = DatasetAdapter(_ListDataset(list(zip(images, conds, strict=True))))
+    assert data.cond_channels == 2 and data.num_classes is None
+    image, label, cond = data[3]
+    torch.testing.assert_close(image, images[3])
+    torch.testing.assert_close(cond, conds[3])  # passed on as given
+    assert label.item() == NO_LABEL
+    batch = next(iter(DataLoader(data, batch_size=4)))
+    assert [tuple(t.shape) for t in batch] == [(4, 1, 4, 4), (4,), (4, 2, 4, 4)]
+
+
+def test_dataset_adapter_reads_mappings_with_label_and_cond():
+    images, conds = _images(-1, 1), torch.randint(0, 256, (6, 1, 4, 4), dtype=torch.uint8)
+    items = [
+        {"image": im, "label": i % 3, "cond": c}
+        for i, (im, c) in enumerate(zip(images, conds, strict=True))
+    ]
+    data = DatasetAdapter(_ListDataset(items), num_classes=3)
+    _, label, cond = data[4]
+    assert label.item() == 1 and data.cond_channels == 1
+    torch.testing.assert_close(cond, conds[4].float() / 127.5 - 1)  # uint8 mapped like images
+    plain = DatasetAdapter(_ListDataset([{"image": im, "label": 2} for im in images]))
+    assert len(plain[0]) == 2 and plain[0][1].item() == 2 and plain.cond_channels == 0
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        ([{"image": x, "conditioning": x} for x in _images(-1, 1)], r"keys \['conditioning'\]"),
+        ([{"img": x} for x in _images(-1, 1)], "has no 'image' key"),
+        ([(x, torch.zeros(3)) for x in _images(-1, 1)], "second element has shape \\(3,\\)"),
+        ([(x, torch.zeros(1, 5, 5)) for x in _images(-1, 1)], "the image's height and width"),
+        ([(x, torch.zeros(1, 4, 4, dtype=torch.int32)) for x in _images(-1, 1)], "int32"),
+        ([(x, torch.full((1, 4, 4), math.nan)) for x in _images(-1, 1)], "NaN"),
+    ],
+)
+def test_dataset_adapter_names_bad_conditioning_items(items, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        DatasetAdapter(_ListDataset(items))
+
+
+def test_dataset_adapter_requires_every_item_to_carry_a_cond_or_none():
+    images = _images(-1, 1, n=12)
+    items = [(x, torch.zeros(1, 4, 4)) for x in images]
+    items[10] = (images[10], 4)  # beyond the probed items
+    data = DatasetAdapter(_ListDataset(items))
+    with pytest.raises(ValueError, match="item 10 has no cond, but item 0 has one"):
+        data[10]
+
+
+def test_tensor_dataset_with_cond():
+    images, conds = _images(-1, 1), torch.randn(6, 3, 4, 4)
+    data = TensorImageDataset(images, torch.arange(6) % 2, cond=conds)
+    _, label, cond = data[5]
+    assert data.cond_channels == 3 and label.item() == 1
+    torch.testing.assert_close(cond, conds[5])
+    assert "cond_channels=3" in repr(data)
+    with pytest.raises(ValueError, match=r"cond must be shaped \(6, C_cond, 4, 4\)"):
+        TensorImageDataset(images, cond=conds[:5])
+    same = load_dataset(images, cond=conds)
+    assert same.cond_channels == 3 and len(same[0]) == 3
+
+
+def _pairs(root: Path, names: list[str], cond_names: list[str]) -> tuple[Path, Path]:
+    for name in names:
+        _save(root / "hr" / name, np.full((8, 8), 255, dtype=np.uint8))
+    for name in cond_names:
+        _save(root / "lr" / name, np.zeros((4, 4), dtype=np.uint8))
+    return root / "hr", root / "lr"
+
+
+def test_paired_folders_pair_by_relative_name_and_upsample_the_cond(tmp_path):
+    hr, lr = _pairs(tmp_path, ["a/1.png", "a/2.png", "b/1.png"], ["b/1.jpg", "a/2.png", "a/1.bmp"])
+    data = PairedFolderDataset(hr, lr, 8, channels=1)
+    assert data.classes == ("a", "b") and data.cond_channels == 1 and len(data) == 3
+    assert [p.relative_to(lr).as_posix() for p in data.cond_files] == [
+        "a/1.bmp",
+        "a/2.png",
+        "b/1.jpg",
+    ]
+    image, label, cond = data[2]
+    assert label.item() == 1 and (image == 1).all()
+    assert cond.shape == (1, 8, 8) and (cond == -1).all()  # 4x4 read at the image size
+    rgb = load_dataset(hr, image_size=8, channels=1, cond=lr, cond_channels=3)
+    assert rgb[0][2].shape == (3, 8, 8)
+
+
+def test_unpaired_files_are_named(tmp_path):
+    names = [f"x/{i}.png" for i in range(8)]
+    hr, lr = _pairs(tmp_path, names, [*names[:1], "y/extra.png"])
+    with pytest.raises(UnpairedFilesError) as caught:
+        PairedFolderDataset(hr, lr, 8, channels=1)
+    error = caught.value
+    assert error.without_cond == names[1:] and error.without_image == ["y/extra.png"]
+    message = str(error)
+    assert (
+        "7 images in" in message
+        and "x/1.png, x/2.png, x/3.png, x/4.png, x/5.png and 2 more" in message
+    )
+    assert "1 conditioning image in" in message and "y/extra.png" in message
+    _save(tmp_path / "lr" / "x" / "0.jpg", np.zeros((4, 4), dtype=np.uint8))
+    with pytest.raises(ValueError, match="pair with the same name 'x/0'"):
+        PairedFolderDataset(hr, lr, 8, channels=1)
+
+
+def test_load_dataset_with_cond_needs_matching_kinds(tmp_path):
+    hr, lr = _pairs(tmp_path, ["1.png"], ["1.png"])
+    with pytest.raises(ValueError, match="not the built-in 'digits'"):
+        load_dataset("digits", cond=lr)
+    with pytest.raises(TypeError, match="a folder with a folder"):
+        load_dataset(hr, image_size=8, cond=torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"conditioning image folder .* does not exist"):
+        load_dataset(hr, image_size=8, cond=tmp_path / "missing")
 
 
 # --- digits --------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from diffusionkit.data.base import ImageDataset, as_size
 from diffusionkit.data.digits import DigitsDataset, Split
 from diffusionkit.data.fashion_mnist import FashionMNISTDataset
 from diffusionkit.data.folder import ImageFolderDataset
+from diffusionkit.data.paired import PairedFolderDataset
 from diffusionkit.data.tensor import DatasetAdapter, TensorImageDataset
 
 # A built-in loader gets (image_size or None, channels or None, train, root).
@@ -61,6 +62,8 @@ def load_dataset(
     train: bool = True,
     root: str | os.PathLike[str] | None = None,
     value_range: tuple[float, float] | None = None,
+    cond: str | os.PathLike[str] | Tensor | np.ndarray | None = None,
+    cond_channels: int | None = None,
 ) -> ImageDataset:
     """Resolve a dataset specification to an :class:`ImageDataset`.
 
@@ -86,9 +89,15 @@ def load_dataset(
         train: training or test/held-out split of a built-in; ignored otherwise.
         root: folder holding the files of ``"fashion-mnist"``; ignored otherwise.
         value_range: ``(low, high)`` of tensor or dataset values, converted to [-1, 1].
+        cond: conditioning images, one per image, for image-conditional models: with a folder
+            ``spec``, a folder of images paired with it by relative file name
+            (:class:`~diffusionkit.data.paired.PairedFolderDataset`); with a tensor ``spec``,
+            a ``(N, C_cond, H, W)`` tensor or array. Items are then ``(image, label, cond)``.
+        cond_channels: 1 or 3 for a folder ``cond`` (default: ``channels``).
 
     Returns:
-        A dataset with ``image_size``, ``channels`` and ``num_classes`` attributes.
+        A dataset with ``image_size``, ``channels``, ``num_classes`` and ``cond_channels``
+        attributes.
 
     Raises:
         ValueError: unknown name (the message lists the valid ones), or data that does not
@@ -96,6 +105,8 @@ def load_dataset(
     """
     size = None if image_size is None else as_size(image_size)
     dataset: ImageDataset
+    if cond is not None:
+        return _with_cond(spec, cond, size, channels, cond_channels, value_range)
     if isinstance(spec, str) and _builtin_key(spec) in BUILTIN_DATASETS:
         _no_value_range(value_range, spec)
         dataset = BUILTIN_DATASETS[_builtin_key(spec)](size, channels, train, root)
@@ -120,6 +131,45 @@ def load_dataset(
         raise TypeError(
             f"cannot make a dataset from a {type(spec).__name__}; pass a built-in name "
             f"({', '.join(BUILTIN_DATASETS)}), a folder path, a tensor or a Dataset"
+        )
+    _check_matches(dataset, size, channels)
+    return dataset
+
+
+def _with_cond(
+    spec: object,
+    cond: str | os.PathLike[str] | Tensor | np.ndarray,
+    size: tuple[int, int] | None,
+    channels: int | None,
+    cond_channels: int | None,
+    value_range: tuple[float, float] | None,
+) -> ImageDataset:
+    """The dataset of ``(image, label, cond)`` items for ``load_dataset(spec, cond=cond)``."""
+    dataset: ImageDataset
+    if isinstance(spec, str) and _builtin_key(spec) in BUILTIN_DATASETS:
+        raise ValueError(
+            f"cond pairs conditioning images with image files by name, so the images must be "
+            f"a folder, not the built-in {spec!r}: write its images to a folder first "
+            "(examples/super_resolution.py does this for Fashion-MNIST)"
+        )
+    if isinstance(spec, str | os.PathLike) and isinstance(cond, str | os.PathLike):
+        _no_value_range(value_range, spec)
+        if size is None:
+            raise ValueError(f"image_size is required to load the image folder {spec}")
+        for what, path in (("image", spec), ("conditioning image", cond)):
+            if not Path(path).expanduser().is_dir():
+                raise ValueError(f"the {what} folder {os.fspath(path)} does not exist")
+        dataset = PairedFolderDataset(
+            spec, cond, size, channels=channels or 3, cond_channels=cond_channels
+        )
+    elif isinstance(spec, Tensor | np.ndarray) and isinstance(cond, Tensor | np.ndarray):
+        dataset = TensorImageDataset(spec, cond=cond, value_range=value_range)
+    else:
+        raise TypeError(
+            f"cond goes with images of its kind: a folder with a folder (paired by file name), "
+            f"a tensor with a tensor; got images as {type(spec).__name__} and cond as "
+            f"{type(cond).__name__}. A Dataset yields its conditioning images in its items "
+            "instead: (image, cond) or {'image': ..., 'cond': ...}"
         )
     _check_matches(dataset, size, channels)
     return dataset
