@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from diffusionkit import DenoiseDiffusion, LinearSchedule, UNet
 from diffusionkit.data import TensorImageDataset
@@ -16,6 +17,7 @@ from diffusionkit.training import (
     LRDecay,
     NonFiniteLossError,
     Precision,
+    ResumeMismatchError,
     Trainer,
     WarmupSchedule,
     default_precision,
@@ -190,27 +192,190 @@ def test_outputs_metrics_samples_and_export(tmp_path):
     assert state["step"] == 4 and state["ema"]["num_updates"] == 4
 
 
-def test_class_labels_reach_the_network_with_dropout():
-    seen: list[Tensor] = []
+class Recorder(nn.Module):
+    """A conditional network that records the labels and conditioning images it is given."""
 
-    class Recorder(nn.Module):
-        num_classes = 3
+    def __init__(self, num_classes: int | None = None, cond_channels: int = 0) -> None:
+        super().__init__()
+        self.num_classes, self.cond_channels = num_classes, cond_channels
+        self.conv = nn.Conv2d(1, 1, 1)
+        self.seen: list[tuple[Tensor | None, Tensor | None]] = []
 
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(1, 1, 1)
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None, cond=None) -> Tensor:
+        self.seen.append((labels, cond))
+        return self.conv(x)
 
-        def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
-            if self.training and labels is not None:
-                seen.append(labels.clone())
-            return self.conv(x)
 
+class _Items(Dataset):
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def _conditional_items(form: str, n: int = 12) -> list:
+    """Item ``i``: an image of constant value ``v_i``, label ``i % 3``, a cond of value ``v_i``."""
+    values = torch.linspace(-1, 1, n)
+    images = [torch.full((1, 8, 8), float(v)) for v in values]
+    if form == "image":
+        return images
+    if form == "image, label":
+        return [(im, i % 3) for i, im in enumerate(images)]
+    if form == "image, cond":
+        return [(im, im.clone()) for im in images]
+    return [{"image": im, "label": i % 3, "cond": im.clone()} for i, im in enumerate(images)]
+
+
+@pytest.mark.parametrize("form", ["image", "image, label", "image, cond", "mapping"])
+def test_every_item_form_reaches_the_loss(form, monkeypatch):
+    calls = []
+    real_forward = DenoiseDiffusion.forward
+
+    def recording(self, x0, **kwargs):
+        calls.append((x0.clone(), kwargs))
+        return real_forward(self, x0, **kwargs)
+
+    monkeypatch.setattr(DenoiseDiffusion, "forward", recording)
+    classes = 3 if form in ("image, label", "mapping") else None
+    cond_channels = 1 if form in ("image, cond", "mapping") else 0
+    model = DenoiseDiffusion(Recorder(classes, cond_channels), LinearSchedule(50))
+    trainer = Trainer(model, _Items(_conditional_items(form)), batch_size=6, lr=1e-3, steps=4,
+                      grad_accum=2, cond_drop_prob=0.2 if classes or cond_channels else 0.0,
+                      **QUIET)  # fmt: skip
+    trainer.train()
+    assert len(calls) == 8
+    values = torch.linspace(-1, 1, 12)
+    for x0, kwargs in calls:
+        index = (x0[:, 0, 0, 0, None] - values).abs().argmin(1)  # which item each example is
+        assert ("labels" in kwargs) == (classes is not None)
+        assert ("cond" in kwargs) == (cond_channels > 0)
+        if classes:
+            assert torch.equal(kwargs["labels"], index % 3)
+        if cond_channels:
+            assert torch.equal(kwargs["cond"], x0)  # each example with its own cond
+        if classes or cond_channels:  # the loss's own dropout, one generator per example
+            assert kwargs["cond_drop_prob"] == 0.2 and len(kwargs["generator"]) == 3
+        else:
+            assert "cond_drop_prob" not in kwargs and "generator" not in kwargs
+
+
+def _dropped(grad_accum: int) -> tuple[Tensor, Tensor]:
+    """(labels, cond values) the network saw in training, over 3 steps of 12."""
+    net = Recorder(num_classes=3, cond_channels=1)
+    model = DenoiseDiffusion(net, LinearSchedule(50))
+    Trainer(model, _Items(_conditional_items("mapping")), batch_size=12, lr=1e-3, steps=3,
+            grad_accum=grad_accum, cond_drop_prob=0.5, **QUIET).train()  # fmt: skip
+    labels = torch.cat([labels for labels, _ in net.seen])
+    conds = torch.cat([cond[:, 0, 0, 0] for _, cond in net.seen])
+    return labels, conds
+
+
+def test_condition_dropout_is_the_losss_joint_and_independent_of_the_split():
+    labels, conds = _dropped(grad_accum=1)
+    dropped = labels == -1
+    assert 0 < int(dropped.sum()) < len(labels)
+    assert bool((conds[dropped] == 0).all())  # label and image dropped together
+    assert bool((labels[~dropped] >= 0).all())
+    # the drops belong to (step, position in the global batch), not to the micro-batch
+    split_labels, split_conds = _dropped(grad_accum=3)
+    assert torch.equal(labels, split_labels) and torch.equal(conds, split_conds)
+
+
+def test_label_dropout_is_the_former_name_of_cond_drop_prob():
     data = TensorImageDataset(tiny_data(12), labels=torch.arange(12) % 3)
-    model = DenoiseDiffusion(Recorder(), LinearSchedule(50))
-    Trainer(model, data, batch_size=12, lr=1e-3, steps=3, label_dropout=0.5, **QUIET).train()
-    labels = torch.cat(seen)
-    assert set(labels.tolist()) <= {-1, 0, 1, 2}
-    assert (labels == -1).any() and (labels >= 0).any()
+    model = DenoiseDiffusion(Recorder(num_classes=3), LinearSchedule(50))
+    with pytest.warns(FutureWarning, match="cond_drop_prob"):
+        trainer = Trainer(model, data, batch_size=12, lr=1e-3, steps=1, label_dropout=0.5, **QUIET)
+    assert trainer.cond_drop_prob == 0.5 and trainer.config()["cond_drop_prob"] == 0.5
+    with pytest.raises(ValueError, match="pass only cond_drop_prob"):
+        Trainer(model, data, batch_size=12, lr=1e-3, steps=1, label_dropout=0.5,
+                cond_drop_prob=0.1, **QUIET)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("net", "form", "message"),
+    [
+        (dict(num_classes=3), "image", "class-conditional \\(num_classes=3\\), but the dataset"),
+        (dict(num_classes=2), "image, label", "has 3 classes, more than the network's"),
+        (dict(cond_channels=1), "image, label", "takes conditioning images \\(cond_channels=1\\)"),
+        (dict(), "image, cond", "the network takes none \\(cond_channels=0\\)"),
+        (dict(cond_channels=3), "image, cond", "build it with cond_channels=1"),
+    ],
+)
+def test_a_network_and_data_whose_conditions_differ_are_refused(net, form, message):
+    data = _Items(_conditional_items(form))
+    if form == "image, label":
+        data = TensorImageDataset(torch.stack(_conditional_items("image")), torch.arange(12) % 3)
+    model = DenoiseDiffusion(UNet(in_channels=1, dim=8, dim_mults=(1,), attns=(False,),
+                                  groups=4, mid_attn=False, **net), LinearSchedule(50))  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        Trainer(model, data, batch_size=4, lr=1e-3, steps=1, **QUIET)
+
+
+def test_cond_drop_prob_needs_a_condition():
+    with pytest.raises(ValueError, match="drops conditions, but this model has none"):
+        Trainer(tiny_model(), tiny_data(), batch_size=4, lr=1e-3, steps=1, cond_drop_prob=0.1,
+                **QUIET)  # fmt: skip
+
+
+def test_sample_grids_of_conditional_models_show_their_conditions():
+    net = Recorder(num_classes=3, cond_channels=1)
+    model = DenoiseDiffusion(net, LinearSchedule(50))
+    trainer = Trainer(model, _Items(_conditional_items("mapping")), batch_size=4, lr=1e-3,
+                      steps=1, **QUIET)  # fmt: skip
+    net.seen.clear()
+    trainer.sample(5, steps=2, use_ema=False)
+    labels, cond = net.seen[0]
+    assert labels.tolist() == [0, 1, 2, 0, 1]  # the classes in turn
+    spread = torch.linspace(-1, 1, 12)[[0, 3, 6, 8, 11]]  # 5 items spread over the 12
+    torch.testing.assert_close(cond[:, 0, 0, 0], spread)
+    assert trainer._grid_columns(64) == 3  # one column per class
+
+
+def test_resume_of_a_conditional_run_is_bit_exact(tmp_path, monkeypatch):
+    def model(seed: int = 0) -> DenoiseDiffusion:
+        return tiny_model(seed, num_classes=3, cond_channels=1)
+
+    images = tiny_data(20)
+    data = TensorImageDataset(images, torch.arange(20) % 3, cond=images.flip(-1))
+    settings = dict(batch_size=8, lr=2e-3, steps=6, grad_accum=2, checkpoint_every=3,
+                    cond_drop_prob=0.3, ema_decay=0.9, **QUIET)  # fmt: skip
+    straight = Trainer(model(), data, out_dir=tmp_path / "a", **settings)
+    straight.train()
+
+    interrupted = Trainer(model(), data, out_dir=tmp_path / "b", **settings)
+    real_step = Trainer._train_step
+
+    def crash_at_step_4(self, batches):
+        if self.step == 4:
+            raise KeyboardInterrupt
+        return real_step(self, batches)
+
+    monkeypatch.setattr(Trainer, "_train_step", crash_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train()
+    monkeypatch.setattr(Trainer, "_train_step", real_step)
+
+    resumed = Trainer(model(seed=5), data, out_dir=tmp_path / "b", **settings)
+    resumed.resume()
+    assert resumed.step == 3
+    resumed.train()
+    a, b = state_of(straight), state_of(resumed)
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after resume"
+    # the condition dropout may change on resume, and is reported; the conditions may not
+    changed = Trainer(model(), data, out_dir=tmp_path / "b", **{**settings, "steps": 7,
+                      "cond_drop_prob": 0.1})  # fmt: skip
+    changed.resume()
+    assert changed.resume_report.changed["cond_drop_prob"] == (0.3, 0.1)
+    plain = Trainer(tiny_model(), images, batch_size=8, lr=2e-3, steps=7, **QUIET)
+    with pytest.raises(ResumeMismatchError, match="num_classes") as caught:
+        plain.resume(tmp_path / "b")
+    assert "cond_channels" in str(caught.value)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

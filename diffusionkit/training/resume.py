@@ -7,8 +7,10 @@ same when it is resumed, or the resume is refused with every difference named:
   architecture, and the exported ``config.json`` records it);
 * the noise schedule and its number of steps ``T``, the prediction target and the loss
   weighting (together, the objective the weights were optimised for);
-* the image shape ``(C, H, W)``, the dataset's size and its classes (the data order and the
-  class embedding refer to them);
+* the image shape ``(C, H, W)``, the dataset's size, its classes and the channels of its
+  conditioning images (the data order, the class embedding and the network's input refer to
+  them); whether the network is class-conditional and how many conditioning channels it takes
+  are part of its constructor arguments, above;
 * the seed (the data order and the noise stream of the checkpoint continue; a new seed
   could not take effect without breaking the exact continuation, so it is refused rather than
   recorded while not in effect).
@@ -16,8 +18,10 @@ same when it is resumed, or the resume is refused with every difference named:
 Everything else may change and takes effect for real from the first resumed step: the learning
 rate, its warm-up and decay, the total number of steps, the batch size and gradient
 accumulation, weight decay and Adam's betas (written into the resumed optimizer), gradient
-clipping, the EMA decay and its warm-up, precision, label dropout, and the checkpoint, sample
-and logging cadence. :func:`changed_settings` lists those that differ, for the report.
+clipping, the EMA decay and its warm-up, precision, the condition dropout of classifier-free
+guidance (``cond_drop_prob``: how often the unconditional model is trained is a choice of
+optimisation, which may start late, e.g. to add guidance to a conditional run), and the
+checkpoint, sample and logging cadence. :func:`changed_settings` lists those that differ, for the report.
 """
 
 from __future__ import annotations

@@ -3,10 +3,15 @@
 One optimizer step on a global batch of ``batch_size`` examples:
 
 1. the next ``batch_size`` dataset indices come from :class:`DataOrder` (a seeded permutation
-   per epoch), and the batch's timesteps ``t``, noise ``eps`` and label drops come from one
-   seeded ``torch.Generator``; every process draws the same global values and takes its slice,
-   so the result does not depend on how many processes share the batch;
-2. ``grad_accum`` micro-batches run forward (under autocast for bf16/fp16) and backward;
+   per epoch), and the batch's timesteps ``t`` and noise ``eps`` come from one seeded
+   ``torch.Generator``; every process draws the same global values and takes its slice, so the
+   result does not depend on how many processes share the batch. The condition dropout of
+   classifier-free guidance is the loss's own (``DenoiseDiffusion.loss(cond_drop_prob=...)``),
+   drawn from one generator per example seeded by ``(seed, step, position in the global
+   batch)``, so it too is the same however the batch is split;
+2. ``grad_accum`` micro-batches run forward (under autocast for bf16/fp16) and backward, each
+   example's class label and conditioning image (when the dataset has them and the network
+   takes them) passed to the loss;
    under DistributedDataParallel each process handles ``batch_size / (grad_accum * world)``
    examples per micro-batch and gradients are averaged across processes;
 3. the loss and gradient norm are checked (NaN/inf stops training before the update), the
@@ -25,10 +30,10 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -37,7 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from diffusionkit.data import ImageDataset, load_dataset
+from diffusionkit.data import NO_LABEL, CondItem, ImageDataset, load_dataset
 from diffusionkit.diffusion import DenoiseDiffusion
 from diffusionkit.limits import LimitError, check_sample_count
 from diffusionkit.training.checkpoint import (
@@ -95,6 +100,8 @@ FINAL_SAMPLES = "samples.png"
 FINAL_GIF = "denoise.gif"
 
 _MIX = 0x9E3779B97F4A7C15
+_STEP_MIX = 0xBF58476D1CE4E5B9
+_INDEX_MIX = 0x94D049BB133111EB
 _MASK63 = (1 << 63) - 1
 
 
@@ -178,11 +185,21 @@ class Trainer:
     :mod:`diffusionkit.training.distributed`): the global batch ``batch_size`` is split over the
     processes, gradients are averaged by DistributedDataParallel, and only rank 0 writes files.
 
+    What reaches the loss: every example's image; its class label when the network is
+    class-conditional (``num_classes``; the dataset must then be labelled); its conditioning
+    image when the dataset has them (``cond_channels``; the network must take as many). A
+    network that takes a condition the data lacks, or the reverse, is refused when the trainer
+    is built, with both named.
+
     Args:
         diffusion: the model to train (moved to ``device``).
         dataset: anything :func:`diffusionkit.data.load_dataset` accepts: a
-            ``torch.utils.data.Dataset`` of ``(image, label)`` items or images, a ``(N, C, H, W)``
-            tensor or array in ``[-1, 1]``, a built-in name or a folder path.
+            ``torch.utils.data.Dataset`` whose items are an image ``(C, H, W)``,
+            ``(image, label)``, ``(image, cond)`` or a mapping with the keys ``"image"``,
+            ``"label"``, ``"cond"`` (see :class:`~diffusionkit.data.DatasetAdapter`), a
+            ``(N, C, H, W)`` tensor or array in ``[-1, 1]``, a built-in name, a folder path, or
+            an :class:`~diffusionkit.data.ImageDataset` such as
+            :class:`~diffusionkit.data.PairedFolderDataset` (images with conditioning images).
         batch_size: examples per optimizer step (the global batch, over all processes and
             accumulation steps); must be divisible by ``grad_accum * world_size``.
         lr: peak learning rate of AdamW.
@@ -208,8 +225,12 @@ class Trainer:
         sample_steps: reverse steps for the grids (``None``: all ``T``).
         sample_seed: seed of the grids (fixed, so successive grids are comparable).
         log_every: steps between metrics records and progress-bar updates.
-        label_dropout: for class-conditional networks, the probability of replacing a label
-            with "no label" (-1), for classifier-free guidance.
+        cond_drop_prob: for conditional models, the probability per example of replacing its
+            condition (label and conditioning image, jointly) by the null one, which trains
+            the unconditional model classifier-free guidance needs (Ho & Salimans 2022 use
+            0.1 to 0.2); passed to ``DenoiseDiffusion.loss``, whose dropout it is. May change
+            on resume.
+        label_dropout: the former name of ``cond_drop_prob`` (deprecated).
         num_workers: ``DataLoader`` worker processes for reading examples (0: in-process).
         progress: show a tqdm progress bar (rank 0 only).
         compile: compile the network with ``torch.compile`` (in place, with
@@ -259,7 +280,8 @@ class Trainer:
         sample_steps: int | None = None,
         sample_seed: int = 0,
         log_every: int = 10,
-        label_dropout: float = 0.0,
+        cond_drop_prob: float = 0.0,
+        label_dropout: float | None = None,
         num_workers: int = 0,
         progress: bool = True,
         compile: bool | Mapping[str, Any] = False,
@@ -286,8 +308,25 @@ class Trainer:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip}")
-        if not 0.0 <= label_dropout < 1.0:
-            raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
+        if label_dropout is not None:
+            if cond_drop_prob not in (0.0, label_dropout):
+                raise ValueError(
+                    f"label_dropout ({label_dropout}) is the former name of cond_drop_prob "
+                    f"({cond_drop_prob}): pass only cond_drop_prob"
+                )
+            warnings.warn(
+                "Trainer(label_dropout=...) is now cond_drop_prob=..., the loss's own condition "
+                "dropout (it drops conditioning images too)",
+                FutureWarning,
+                stacklevel=2,
+            )
+            cond_drop_prob = label_dropout
+        if (
+            isinstance(cond_drop_prob, bool)
+            or not isinstance(cond_drop_prob, int | float)
+            or not 0.0 <= cond_drop_prob < 1.0
+        ):
+            raise ValueError(f"cond_drop_prob must be a number in [0, 1), got {cond_drop_prob!r}")
         check_sample_count(sample_count, "sample_count")
         if not isinstance(compile, bool | Mapping):
             raise TypeError(
@@ -323,7 +362,7 @@ class Trainer:
         self.sample_steps = sample_steps
         self.sample_seed = int(sample_seed)
         self.log_every = log_every
-        self.label_dropout = float(label_dropout)
+        self.cond_drop_prob = float(cond_drop_prob)
         self.num_workers = num_workers
         self.progress = bool(progress)
         self.export = bool(export)
@@ -359,8 +398,10 @@ class Trainer:
         )
         self._check_memory()
 
+        #: whether labels reach the loss (a class-conditional network)
+        self.class_conditional = getattr(diffusion.net, "num_classes", None) is not None
+        self._check_conditioning(diffusion.net)
         self.diffusion = diffusion.to(self.device)
-        self.conditional = getattr(diffusion.net, "num_classes", None) is not None
         self.ema = EMA(diffusion.net, self.ema_decay, warmup=self.ema_warmup)
         if compile:  # after the EMA's copy: the EMA holds plain, uncompiled weights
             diffusion.net.compile(**({} if compile is True else dict(compile)))
@@ -379,7 +420,7 @@ class Trainer:
 
         self.step = 0
         self.order = DataOrder(len(self.dataset), seed=self.seed)
-        # t, noise and label drops of every global batch; seeded apart from the data order
+        # t and noise of every global batch; seeded apart from the data order
         self.generator = torch.Generator().manual_seed((self.seed * _MIX + 1) & _MASK63)
         # the network's own randomness (dropout) differs per process
         torch.manual_seed((self.seed * _MIX + 2 + self.dist.rank) & _MASK63)
@@ -404,6 +445,51 @@ class Trainer:
             f"memory on {self.device}; lower batch_size (or raise grad_accum), the image size "
             "or the network's width"
         )
+
+    def _check_conditioning(self, net: nn.Module) -> None:
+        """Refuse a network and data whose conditions do not match, naming both."""
+        data, name = self.dataset, type(self.dataset).__name__
+        if self.class_conditional:
+            classes = net.num_classes
+            # a wrapped Dataset may not know its number of classes: its first label tells
+            # whether it has labels (the loss checks every batch's against the network's)
+            if data.num_classes is None and int(data[0][1]) == NO_LABEL:
+                raise ValueError(
+                    f"the network is class-conditional (num_classes={classes}), but the dataset "
+                    f"({name}) has no labels: give it labels (a folder with one subfolder per "
+                    "class, TensorImageDataset(images, labels), (image, label) items), or build "
+                    "the network without num_classes"
+                )
+            if (
+                isinstance(classes, int)
+                and data.num_classes is not None
+                and data.num_classes > classes
+            ):
+                raise ValueError(
+                    f"the dataset ({name}) has {data.num_classes} classes, more than the "
+                    f"network's num_classes={classes}: build it with num_classes="
+                    f"{data.num_classes}"
+                )
+        takes = getattr(net, "cond_channels", None)
+        if isinstance(takes, int) and takes != data.cond_channels:
+            if data.cond_channels == 0:
+                raise ValueError(
+                    f"the network takes conditioning images (cond_channels={takes}), but the "
+                    f"dataset ({name}) has none: give it pairs (PairedFolderDataset, "
+                    "TensorImageDataset(images, cond=...), (image, cond) items), or build the "
+                    "network without cond_channels"
+                )
+            takes_what = "none (cond_channels=0)" if takes == 0 else f"cond_channels={takes}"
+            raise ValueError(
+                f"the dataset ({name}) has conditioning images of {data.cond_channels} "
+                f"channel{'s' if data.cond_channels > 1 else ''}, but the network takes "
+                f"{takes_what}: build it with cond_channels={data.cond_channels}"
+            )
+        if self.cond_drop_prob > 0 and not (self.class_conditional or data.cond_channels):
+            raise ValueError(
+                f"cond_drop_prob={self.cond_drop_prob} drops conditions, but this model has none "
+                "(neither a class-conditional network nor conditioning images): leave it at 0"
+            )
 
     @staticmethod
     def _as_dataset(dataset: Any, diffusion: DenoiseDiffusion) -> ImageDataset:
@@ -442,7 +528,7 @@ class Trainer:
             "sample_steps": self.sample_steps,
             "sample_seed": self.sample_seed,
             "log_every": self.log_every,
-            "label_dropout": self.label_dropout,
+            "cond_drop_prob": self.cond_drop_prob,
             "num_workers": self.num_workers,
             "progress": self.progress,
             "export": self.export,
@@ -477,7 +563,11 @@ class Trainer:
             "model": _describe(self.diffusion),
             "trainer": self.config(),
             "image_shape": list(self.image_shape),
-            "data": {"size": len(self.dataset), "num_classes": self.dataset.num_classes},
+            "data": {
+                "size": len(self.dataset),
+                "num_classes": self.dataset.num_classes,
+                "cond_channels": self.dataset.cond_channels,
+            },
         }
         return tensors, meta
 
@@ -647,6 +737,11 @@ class Trainer:
                 f"dataset classes: {data['num_classes']} in the checkpoint, "
                 f"{self.dataset.num_classes} here"
             )
+        if data.get("cond_channels", 0) != self.dataset.cond_channels:
+            differences.append(
+                f"conditioning image channels of the dataset: {data.get('cond_channels', 0)} in "
+                f"the checkpoint, {self.dataset.cond_channels} here"
+            )
         saved = state.get("trainer") or {}
         for key in FIXED_SETTINGS:
             if key in saved and saved[key] != getattr(self, key):
@@ -713,8 +808,16 @@ class Trainer:
         steps: int | None = None,
         use_ema: bool = True,
         gif: str | os.PathLike[str] | None = None,
+        labels: Tensor | int | None = None,
+        cond: Tensor | None = None,
+        guidance_scale: float | None = None,
     ) -> Tensor:
         """Draw samples from the model being trained.
+
+        A conditional model samples with conditions by default, so that grids show what it
+        learned: a class-conditional one cycles through the classes (sample ``i`` has label
+        ``i % num_classes``), an image-conditional one takes the conditioning images of
+        ``count`` examples spread evenly over the dataset (the same ones every time).
 
         Args:
             count: number of images (default ``sample_count``).
@@ -722,6 +825,9 @@ class Trainer:
             steps: reverse steps (default ``sample_steps``, else all ``T``).
             use_ema: sample with the EMA weights (default) or the raw trained weights.
             gif: also write a denoising GIF of the chain to this file.
+            labels: class labels ``(count,)`` (or one int) instead of the default cycle.
+            cond: conditioning images ``(count, C_cond, H, W)`` instead of the dataset's.
+            guidance_scale: classifier-free guidance scale (``None``: plain conditional).
 
         Returns:
             ``(count, C, H, W)`` samples in ``[-1, 1]`` on the CPU.
@@ -732,8 +838,12 @@ class Trainer:
         model = self.ema_diffusion() if use_ema else self.diffusion
         generator = torch.Generator().manual_seed(seed)
         chain = steps or model.timesteps
-        nrow = max(1, round(math.sqrt(count)))
+        nrow = self._grid_columns(count)
         recorder = FrameRecorder(chain, nrow=nrow) if gif is not None else None
+        if labels is None and self.class_conditional:
+            labels = self.sample_labels(count)
+        if cond is None and self.dataset.cond_channels:
+            cond = self.sample_conds(count)
         samples = model.reverse_sample(
             (count, *self.image_shape),
             generator=generator,
@@ -741,21 +851,49 @@ class Trainer:
             progress=False,
             clip=True,
             callback=recorder,
+            labels=labels,
+            cond=cond,
+            guidance_scale=guidance_scale,
         )
         if recorder is not None and gif is not None:
             save_gif(recorder.frames, gif, scale=self._display_scale())
         return samples.cpu()
+
+    def sample_labels(self, count: int) -> Tensor:
+        """``(count,)`` int64: ``i % num_classes``, the labels sample grids cycle through."""
+        return torch.arange(count) % self._classes()
+
+    def _classes(self) -> int:
+        """The number of classes samples cycle through: the data's (or, when a wrapped
+        dataset does not know it, the network's)."""
+        classes = self.dataset.num_classes or getattr(self.diffusion.net, "num_classes", None)
+        return int(classes) if isinstance(classes, int) and classes > 0 else 1
+
+    def sample_conds(self, count: int) -> Tensor:
+        """``(count, C_cond, H, W)``: the conditioning images of ``count`` examples spread
+        evenly over the dataset (the first, the last, and evenly between), for sample grids."""
+        picks = torch.linspace(0, len(self.dataset) - 1, count).round().long().tolist()
+        return torch.stack([cast(CondItem, self.dataset[i])[2] for i in picks])
+
+    def _grid_columns(self, count: int) -> int:
+        """Columns of a sample grid: one per class for class-conditional models (their
+        samples cycle through the classes), else a square."""
+        if self.class_conditional:
+            k = self._classes()
+            if 1 < k <= count:
+                return k
+        return max(1, round(math.sqrt(count)))
 
     def _display_scale(self) -> int:
         return max(1, 64 // max(self.image_shape[1:]))
 
     def _write_grid(self, path: Path, gif: Path | None = None) -> Path:
         samples = self.sample(gif=gif)
-        nrow = max(1, round(math.sqrt(samples.shape[0])))
+        nrow = self._grid_columns(samples.shape[0])
         return save_grid(samples, path, nrow=nrow, scale=self._display_scale())
 
     # ------------------------------------------------------------------ training
-    def _loader(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def _loader(self) -> Iterator[Sequence[Tensor]]:
         plan = _IndexPlan(
             self.order, self.batch_size, self.grad_accum, self.dist.rank, self.dist.world_size
         )
@@ -771,30 +909,45 @@ class Trainer:
         )
         return iter(loader)
 
-    def _train_step(self, batches: Iterator[tuple[Tensor, Tensor]]) -> tuple[float, float]:
+    def _drop_generators(self, step: int, part: slice) -> list[torch.Generator]:
+        """One generator per example of ``part`` of the global batch of ``step``, seeded by
+        ``(seed, step, position)``: the loss draws each example's condition dropout from its
+        own, so the drops do not depend on how processes and micro-batches split the batch,
+        and a resumed run draws the same ones (nothing to save)."""
+        base = (self.seed * _MIX + 4 + step * _STEP_MIX) & _MASK63
+        return [
+            torch.Generator().manual_seed((base + i * _INDEX_MIX) & _MASK63)
+            for i in range(part.start, part.stop)
+        ]
+
+    def _train_step(self, batches: Iterator[Sequence[Tensor]]) -> tuple[float, float]:
         """One optimizer step; returns ``(mean loss over the global batch, gradient norm)``."""
         step = self.step
         self.order.take(self.batch_size)  # advance in lockstep with the loader's copy
         n = self.batch_size
         t_all = torch.randint(0, self.diffusion.timesteps, (n,), generator=self.generator)
         noise_all = torch.randn((n, *self.image_shape), generator=self.generator)
-        drop_all = torch.rand(n, generator=self.generator) < self.label_dropout
         micro = n // self.grad_accum
         per_rank = micro // self.dist.world_size
         dev = self.device
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=dev)
         for a in range(self.grad_accum):
-            images, labels = next(batches)
+            batch = next(batches)  # (images, labels) or (images, labels, conds)
+            images = batch[0]
             start = a * micro + self.dist.rank * per_rank
             part = slice(start, start + per_rank)
-            kwargs: dict[str, Tensor] = {
+            kwargs: dict[str, Any] = {
                 "t": t_all[part].to(dev, non_blocking=True),
                 "noise": noise_all[part].to(dev, non_blocking=True),
             }
-            if self.conditional:
-                labels = torch.where(drop_all[part], torch.full_like(labels, -1), labels)
-                kwargs["labels"] = labels.to(dev, non_blocking=True)
+            if self.class_conditional:
+                kwargs["labels"] = batch[1].to(dev, non_blocking=True)
+            if len(batch) > 2:
+                kwargs["cond"] = batch[2].to(dev, non_blocking=True)
+            if self.cond_drop_prob > 0:
+                kwargs["cond_drop_prob"] = self.cond_drop_prob
+                kwargs["generator"] = self._drop_generators(step, part)
             last = a == self.grad_accum - 1
             sync = (
                 contextlib.nullcontext()
