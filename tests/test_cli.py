@@ -327,3 +327,132 @@ def test_help_documents_the_resume_choices(capsys):
     for needle in ("--resume [WHICH]", "'newest'", "'newest-valid'", "checkpoint folder",
                    "cannot change"):  # fmt: skip
         assert needle in help_text, needle
+
+
+# ------------------------------------------------- conditional models (issue 14)
+
+
+def test_class_conditional_train_and_sample_with_labels_and_guidance(tmp_path, capsys):
+    run = tmp_path / "cond"
+    code, out, err = run_cli(
+        capsys, "train", "--out", str(run), "--steps", "2", *TINY, "--class-conditional"
+    )
+    assert code == 0, err
+    assert "class-conditional (10 classes), condition dropped for 10% of the examples" in out
+    assert json.loads((run / "config.json").read_text())["net"]["config"]["num_classes"] == 10
+    settings = json.loads((run / "train_config.json").read_text())
+    assert settings["class_conditional"] is True and settings["cond_drop_prob"] == 0.1
+
+    def sample(name: str, *args: str) -> tuple[str, bytes]:
+        path = tmp_path / name
+        code, out, err = run_cli(capsys, "sample", "--model", str(run), "--steps", "3",
+                                 "--out", str(path), *args)  # fmt: skip
+        assert code == 0, err
+        return out, path.read_bytes()
+
+    out, _ = sample("all.png")
+    assert "60 samples" in out and "labels 0-9 in turn" in out  # 6 of each class
+    out, plain = sample("plain.png", "--labels", "3,3,7")
+    assert "3 samples" in out and "labels 3,3,7" in out
+    out, one = sample("one.png", "--labels", "3,3,7", "--guidance-scale", "1")
+    assert one == plain  # guidance scale 1 is plain conditional sampling
+    _, guided = sample("guided.png", "--labels", "3,3,7", "--guidance-scale", "4")
+    assert guided != plain
+    out, _ = sample("more.png", "--labels", "3,7", "-n", "5")
+    assert "5 samples" in out
+
+    for args, needles in (
+        (["--labels", "10"], ["--labels 10", "10 classes (0-9"]),
+        (["--labels", "three"], ["--labels", "comma-separated class numbers"]),
+        (["--cond", str(tmp_path)], ["--cond", "takes no conditioning images"]),
+    ):
+        code, _, err = run_cli(capsys, "sample", "--model", str(run), "--out",
+                               str(tmp_path / "x.png"), *args)  # fmt: skip
+        assert_one_line_error(code, err, 2, *needles)
+
+
+def test_guidance_and_labels_need_a_conditional_model(tmp_path, capsys):
+    run = _tiny_run(tmp_path, capsys, steps="1")
+    for args, needle in (
+        (["--labels", "1"], "is not class-conditional"),
+        (["--guidance-scale", "2"], "is unconditional"),
+    ):
+        code, _, err = run_cli(capsys, "sample", "--model", str(run), *args)
+        assert_one_line_error(code, err, 2, needle)
+
+
+def _pairs(root, names, cond_names=None, size=8):
+    """``root/hr/NAME`` (size x size) and ``root/lr/NAME`` (half the size) PNGs."""
+    for folder, files, side, value in (
+        ("hr", names, size, 200),
+        ("lr", names if cond_names is None else cond_names, size // 2, 50),
+    ):
+        for name in files:
+            path = root / folder / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("L", (side, side), value).save(path)
+    return root / "hr", root / "lr"
+
+
+def test_image_conditional_train_resume_and_sample(tmp_path, capsys):
+    hr, lr = _pairs(tmp_path, [f"{c}/{i}.png" for c in "ab" for i in range(6)])
+    run = tmp_path / "sr"
+    tiny = [*TINY[2:], "--channels", "1"]  # TINY without its "--data digits"
+    code, out, err = run_cli(capsys, "train", "--out", str(run), "--steps", "2", "--data",
+                             str(hr), "--cond-data", str(lr), *tiny)  # fmt: skip
+    assert code == 0, err
+    assert f"conditioned on the images of {lr} (1 channel)" in out
+    assert json.loads((run / "config.json").read_text())["net"]["config"]["cond_channels"] == 1
+
+    # resume: the conditioning is fixed, the dropout may change and is reported
+    code, _, err = run_cli(capsys, "train", "--out", str(run), "--resume", "--cond-channels", "3")
+    assert_one_line_error(code, err, 2, "--cond-channels 3 (the run has 1)")
+    code, out, err = run_cli(
+        capsys, "train", "--out", str(run), "--resume", "--steps", "3", "--cond-drop-prob", "0.2"
+    )
+    assert code == 0, err
+    assert "changed on resume: --cond-drop-prob 0.1 -> 0.2, --steps 2 -> 3" in out
+
+    grid = tmp_path / "sr.png"
+    code, out, err = run_cli(capsys, "sample", "--model", str(run), "--steps", "2", "--out",
+                             str(grid), "--cond", str(lr / "a"), "--guidance-scale", "2")  # fmt: skip
+    assert code == 0, err
+    assert "6 samples" in out and f"conditioned on the 6 images of {lr / 'a'}" in out
+    code, out, err = run_cli(capsys, "sample", "--model", str(run), "--steps", "2", "--out",
+                             str(grid), "--cond", str(lr / "a" / "0.png"), "-n", "3")  # fmt: skip
+    assert code == 0, err
+    assert "3 samples" in out
+    code, _, err = run_cli(capsys, "sample", "--model", str(run), "--out", str(grid))
+    assert_one_line_error(code, err, 2, "is image-conditional", "--cond FILE_OR_FOLDER")
+
+
+def test_unpaired_conditioning_images_are_named(tmp_path, capsys):
+    names = [f"{i}.png" for i in range(4)]
+    hr, lr = _pairs(tmp_path, names, cond_names=[*names[:3], "4.png"])
+    code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "r"), "--steps", "1",
+                           "--data", str(hr), "--cond-data", str(lr), *TINY[2:])  # fmt: skip
+    assert_one_line_error(
+        code, err, 1, f"1 image in {hr} has no conditioning image in {lr}: 3.png",
+        f"1 conditioning image in {lr} has no image in {hr}: 4.png",
+    )  # fmt: skip
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_conditioning_options_are_checked_before_anything_runs(tmp_path, capsys):
+    hr, lr = _pairs(tmp_path, ["1.png", "2.png"])
+    out = ["--out", str(tmp_path / "r"), *TINY[2:]]
+    for args, code_, needles in (
+        (["--data", "digits", "--cond-data", str(lr)], 2, ["--data must be a folder"]),
+        (["--data", str(hr), "--class-conditional"], 2, ["--class-conditional needs labelled"]),
+        (["--data", "digits", "--cond-drop-prob", "0.2"], 2, ["--cond-drop-prob 0.2", "add --class-conditional"]),
+        (["--data", "digits", "--cond-channels", "1"], 2, ["--cond-channels", "pass --cond-data"]),
+    ):  # fmt: skip
+        code, _, err = run_cli(capsys, "train", *out, *args)
+        assert_one_line_error(code, err, code_, *needles)
+
+
+def test_a_resume_reports_only_settings_that_changed(tmp_path, capsys):
+    run = _tiny_run(tmp_path, capsys, steps="2")  # --channels resolved to 1, saved as 1
+    code, out, err = run_cli(capsys, "train", "--out", str(run), "--resume", "--steps", "3")
+    assert code == 0, err
+    assert "changed on resume: --steps 2 -> 3" in out  # was: "--channels 1 -> 1, --steps ..."

@@ -1,18 +1,42 @@
-"""``diffusionkit sample``: draw a grid of samples (and a denoising GIF) from a trained model."""
+"""``diffusionkit sample``: draw a grid of samples (and a denoising GIF) from a trained model.
+
+Conditional models sample with their conditions: ``--labels`` for a class-conditional model
+(every class in turn by default), ``--cond`` for an image-conditional one (a conditioning
+image, or a folder of them), and ``--guidance-scale`` for classifier-free guidance with
+either. Conditions repeat to fill ``-n``: sample ``i`` gets condition ``i mod M`` of the ``M``
+given, and ``-n`` defaults to ``M`` (to a multiple of the classes near 64 for ``--labels
+all``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from diffusionkit.cli.errors import EXIT_USAGE, CLIError
-from diffusionkit.cli.options import positive_int
+from diffusionkit.cli.options import number, positive_int
 from diffusionkit.limits import LimitError, check_sample_count
 
-__all__ = ["add_parser", "image_size_of", "run"]
+__all__ = ["DEFAULT_COUNT", "Conditions", "add_parser", "image_size_of", "parse_labels", "run"]
+
+#: samples drawn when neither -n nor the conditions say how many
+DEFAULT_COUNT = 64
+#: ``--labels`` value meaning every class in turn
+ALL_LABELS = "all"
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default, unless it is None or False or its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action) or text
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -28,13 +52,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "write them as one grid image, optionally with a GIF of the denoising chain. "
             "The EMA weights are used when the model has them."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument(
         "--model", required=True, metavar="PATH_OR_REPO", help="run folder or Hub repo id"
     )
     parser.add_argument(
-        "-n", "--num", type=positive_int(1), default=64, metavar="N", help="number of images"
+        "-n",
+        "--num",
+        type=positive_int(1),
+        default=None,
+        metavar="N",
+        help=f"number of images (default: {DEFAULT_COUNT}, or as many as the --labels list or "
+        "the --cond folder holds; --labels all: a multiple of the classes near 64)",
     )
     parser.add_argument(
         "--out", default="samples.png", metavar="FILE", help="grid image to write (PNG)"
@@ -63,6 +93,34 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "per step but the last; default: one per timestep, all T)",
     )
     parser.add_argument("--seed", type=positive_int(0), default=0, help="random seed")
+    parser.add_argument(
+        "--labels",
+        type=parse_labels,
+        default=None,
+        metavar="L,L,...|all",
+        help="class labels for a class-conditional model (trained with --class-conditional): "
+        "'all' (each class in turn, one class per grid column; the default for such models), "
+        "one label for every sample, or a comma-separated list repeated to fill -n; -1 is "
+        "the null label (unconditional)",
+    )
+    parser.add_argument(
+        "--cond",
+        default=None,
+        metavar="FILE_OR_FOLDER",
+        help="conditioning images for an image-conditional model (trained with --cond-data): "
+        "one image for every sample, or a folder whose images (in file-name order, read at "
+        "the model's size as in training) are repeated to fill -n",
+    )
+    parser.add_argument(
+        "--guidance-scale",
+        type=number(0.0),
+        default=None,
+        metavar="W",
+        help="classifier-free guidance (Ho & Salimans 2022) for a conditional model: "
+        "out_u + W (out_c - out_u); 1 is plain conditional sampling (the default behaviour), "
+        "0 unconditional, above 1 follows the condition more closely (each step then runs a "
+        "batch of 2n)",
+    )
     parser.add_argument(
         "--gif", default=None, metavar="FILE", help="also write the denoising chain as a GIF"
     )
@@ -104,6 +162,123 @@ def image_size_of(model_ref: str, given: int | None) -> int:
     )
 
 
+def parse_labels(value: str) -> list[int] | str:
+    """``--labels``: ``"all"``, or a comma-separated list of integers ``>= -1``."""
+    text = value.strip().lower()
+    if text == ALL_LABELS:
+        return ALL_LABELS
+    parts = [part for part in text.replace(" ", "").split(",") if part]
+    try:
+        labels = [int(part) for part in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be 'all' or comma-separated class numbers such as 3,3,7; got {value!r}"
+        ) from None
+    if not labels or min(labels) < -1:
+        raise argparse.ArgumentTypeError(
+            f"class numbers start at 0 (-1 is the null label); got {value!r}"
+        )
+    return labels
+
+
+@dataclass
+class Conditions:
+    """What a sampling run is conditioned on, for ``n`` samples.
+
+    Attributes:
+        n: number of samples.
+        labels: ``(n,)`` int64 labels, or ``None``.
+        cond: ``(n, C_cond, H, W)`` conditioning images, or ``None``.
+        columns: columns of the grid (one per class for ``--labels all``).
+        described: a few words for the report line, e.g. ``"labels 0-9 in turn"``.
+    """
+
+    n: int
+    labels: Any = None
+    cond: Any = None
+    columns: int | None = None
+    described: str = ""
+
+
+def _conditions(args: argparse.Namespace, net: Any, size: int) -> Conditions:
+    """The labels and conditioning images of ``args`` for ``net``, checked, and ``-n``."""
+    import torch
+
+    classes = getattr(net, "num_classes", None)
+    cond_channels = getattr(net, "cond_channels", 0) or 0
+    labels = args.labels
+    if labels is not None and not classes:
+        raise CLIError(
+            f"--labels: {args.model} is not class-conditional (train it with "
+            "--class-conditional to choose classes)",
+            EXIT_USAGE,
+        )
+    if args.cond is not None and not cond_channels:
+        raise CLIError(
+            f"--cond: {args.model} takes no conditioning images (train it with --cond-data)",
+            EXIT_USAGE,
+        )
+    if cond_channels and args.cond is None:
+        raise CLIError(
+            f"{args.model} is image-conditional: pass its conditioning images with --cond "
+            "FILE_OR_FOLDER (an image for every sample, or a folder of them)",
+            EXIT_USAGE,
+        )
+    if args.guidance_scale is not None and not (classes or cond_channels):
+        raise CLIError(
+            f"--guidance-scale guides a conditional model, and {args.model} is unconditional",
+            EXIT_USAGE,
+        )
+    out = Conditions(n=args.num or DEFAULT_COUNT)
+    words = []
+    if classes:
+        labels = ALL_LABELS if labels is None else labels
+        if labels == ALL_LABELS:
+            out.n = args.num or classes * max(1, DEFAULT_COUNT // classes)
+            out.labels = torch.arange(out.n) % classes
+            out.columns = classes if classes <= out.n else None
+            words.append(f"labels 0-{classes - 1} in turn")
+        else:
+            bad = [label for label in labels if label >= classes]
+            if bad:
+                raise CLIError(
+                    f"--labels {','.join(map(str, bad))}: {args.model} has {classes} classes "
+                    f"(0-{classes - 1}; -1 is the null label)",
+                    EXIT_USAGE,
+                )
+            out.n = args.num or len(labels)
+            given = torch.tensor(labels, dtype=torch.int64)
+            out.labels = given.repeat(math.ceil(out.n / len(labels)))[: out.n]
+            shown = ",".join(map(str, labels[:10])) + ("..." if len(labels) > 10 else "")
+            words.append(f"labels {shown}")
+    if cond_channels:
+        images, where = _read_conds(Path(args.cond), size, cond_channels)
+        if args.num is None:
+            out.n = len(images)
+        out.cond = images.repeat(math.ceil(out.n / len(images)), 1, 1, 1)[: out.n]
+        words.append(f"conditioned on {where}")
+    if args.guidance_scale is not None:
+        words.append(f"guidance scale {args.guidance_scale:g}")
+    out.described = ", ".join(words)
+    return out
+
+
+def _read_conds(path: Path, size: int, channels: int) -> tuple[Any, str]:
+    """``((M, channels, size, size) images, a description)`` from a file or a folder."""
+    import torch
+
+    from diffusionkit.data.folder import find_images, load_image
+
+    if path.is_dir():
+        files = find_images(path)
+        where = f"the {len(files)} images of {path}"
+    elif path.is_file():
+        files, where = [path], str(path)
+    else:
+        raise CLIError(f"--cond {path}: no such file or folder", EXIT_USAGE)
+    return torch.stack([load_image(f, (size, size), channels) for f in files]), where
+
+
 def _check_local(model_ref: str) -> None:
     folder = Path(model_ref)
     if not folder.is_dir():
@@ -117,6 +292,13 @@ def _check_local(model_ref: str) -> None:
                 f"model yet); finish it with: diffusionkit train --out {folder} --resume"
             )
         raise CLIError(f"{folder} holds no model (no config.json)")
+
+
+def _check_count(n: int) -> None:
+    try:
+        check_sample_count(n, "-n/--num")
+    except LimitError as error:
+        raise CLIError(str(error), EXIT_USAGE) from None
 
 
 def _build_sampler(name: str) -> Any:
@@ -156,10 +338,8 @@ def run(args: argparse.Namespace) -> int:
     from diffusionkit import DenoiseDiffusion
     from diffusionkit.utils import FrameRecorder, save_gif, save_grid
 
-    try:
-        check_sample_count(args.num, "-n/--num")
-    except LimitError as error:
-        raise CLIError(str(error), EXIT_USAGE) from None
+    if args.num is not None:
+        _check_count(args.num)
     sampler = None if args.sampler is None else _build_sampler(args.sampler)
     try:
         device = torch.device(args.device)
@@ -182,12 +362,14 @@ def run(args: argparse.Namespace) -> int:
             EXIT_USAGE,
         )
     channels = getattr(model.net, "in_channels", None) or 3
-    shape = (args.num, channels, size, size)
     try:
-        model.check_shape(shape)
+        model.check_shape((1, channels, size, size))
     except ValueError as error:
         raise CLIError(f"--image-size {size}: {error}", EXIT_USAGE) from None
-    nrow = max(1, round(math.sqrt(args.num)))
+    conditions = _conditions(args, model.net, size)
+    _check_count(conditions.n)
+    shape = (conditions.n, channels, size, size)
+    nrow = conditions.columns or max(1, round(math.sqrt(conditions.n)))
     recorder = FrameRecorder(chain_steps, nrow=nrow) if args.gif else None
     samples = model.reverse_sample(
         shape,
@@ -196,12 +378,16 @@ def run(args: argparse.Namespace) -> int:
         steps=steps,
         clip=True,
         callback=recorder,
+        labels=conditions.labels,
+        cond=conditions.cond,
+        guidance_scale=args.guidance_scale,
     )
     scale = max(1, 64 // size)
     out = save_grid(samples, args.out, nrow=nrow, scale=scale)
     print(
-        f"wrote {out}: {args.num} samples {size}x{size}, {chosen}, "
+        f"wrote {out}: {conditions.n} samples {size}x{size}, {chosen}, "
         f"{steps or model.timesteps} network calls, seed {args.seed}"
+        + (f", {conditions.described}" if conditions.described else "")
     )
     if recorder is not None:
         gif = save_gif(recorder.frames, args.gif, scale=scale)

@@ -122,6 +122,26 @@ OPTIONS: tuple[Option, ...] = (
         "C",
     ),
     Option(
+        "cond_data",
+        optional(_text),
+        None,
+        "a folder of conditioning images, one per training image, paired with --data (a "
+        "folder) by relative file name, extensions aside: cond/a/001.png goes with "
+        "data/a/001.jpg; read at --image-size like the images (a smaller one is upsampled) and "
+        "given to the network beside the noisy image (super-resolution, colorization, any "
+        "image-to-image task)",
+        "data",
+        "PATH",
+    ),
+    Option(
+        "cond_channels",
+        optional(choice("1", "3")),
+        None,
+        "1 (greyscale) or 3 (RGB) for the --cond-data images (default: --channels)",
+        "data",
+        "C",
+    ),
+    Option(
         "num_workers",
         positive_int(0),
         0,
@@ -159,6 +179,26 @@ OPTIONS: tuple[Option, ...] = (
         "G",
     ),
     Option("dropout", probability, 0.0, "dropout probability in the residual blocks", "model", "P"),
+    Option(
+        "class_conditional",
+        _boolean,
+        False,
+        "a class-conditional model: the network gets each image's class (the built-ins' "
+        "labels, or a folder's subfolders), and 'diffusionkit sample --labels' chooses them",
+        "model",
+        "BOOL",
+    ),
+    Option(
+        "cond_drop_prob",
+        optional(probability),
+        None,
+        "for conditional models (--class-conditional, --cond-data), the probability of "
+        "training an example without its condition, which classifier-free guidance ('sample "
+        "--guidance-scale') needs; 0 turns it off (default: 0.1 for conditional models; may "
+        "change on --resume)",
+        "model",
+        "P",
+    ),
     Option(
         "schedule",
         choice(*_SCHEDULES),
@@ -323,8 +363,12 @@ DEFAULTS: dict[str, Any] = {option.name: option.default for option in OPTIONS}
 #: the checkpoint checks.
 FIXED_ON_RESUME = (
     "image_size", "channels", "dim", "dim_mults", "attn_levels", "n_blocks", "groups",
-    "dropout", "schedule", "timesteps", "prediction", "seed",
+    "dropout", "schedule", "timesteps", "prediction", "seed", "class_conditional",
+    "cond_channels",
 )  # fmt: skip
+#: condition dropout of conditional models unless --cond-drop-prob says otherwise (Ho &
+#: Salimans 2022 use 0.1 to 0.2)
+DEFAULT_COND_DROP_PROB = 0.1
 # settings about how this process runs, not about the run: not reported as changes
 _NOT_REPORTED = frozenset({"progress", "threads", "num_workers"})
 
@@ -394,6 +438,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                 action="store_false",
                 help="hide the progress bar",
             )
+            continue
+        if option.convert is _boolean:  # "--flag" alone means true; "--flag false" works too
+            group.add_argument(
+                option.flag, dest=option.name, type=_boolean, nargs="?", const=True,
+                metavar=option.metavar, help=help_text,
+            )  # fmt: skip
             continue
         group.add_argument(
             option.flag, dest=option.name, type=option.convert, metavar=option.metavar,
@@ -471,7 +521,8 @@ def _resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] |
         raise CLIError("--data is required (digits, fashion-mnist or a folder)", EXIT_USAGE)
     _check_model_settings(settings)
     if saved is not None:
-        _check_fixed(saved, settings, out)
+        saved = _check_fixed(saved, settings, out)
+    _check_cond_drop(settings)
     return settings, saved
 
 
@@ -480,8 +531,13 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
     return _resolve(args)[0]
 
 
-def _check_fixed(saved: dict[str, Any], settings: dict[str, Any], out: Path) -> None:
-    """Refuse a ``--resume`` that changes a setting of :data:`FIXED_ON_RESUME`."""
+def _check_fixed(saved: dict[str, Any], settings: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Refuse a ``--resume`` that changes a setting of :data:`FIXED_ON_RESUME`.
+
+    Returns:
+        The run's own settings, resolved as ``settings`` are (so that values compare equal,
+        ``1`` and ``"1"`` alike), for the report of what changed.
+    """
     # the run's own resolved values (image size and channels were filled in when it started)
     run = {**DEFAULTS, **saved}
     _check_model_settings(run)
@@ -497,9 +553,12 @@ def _check_fixed(saved: dict[str, Any], settings: dict[str, Any], out: Path) -> 
             "another --out",
             EXIT_USAGE,
         )
+    return run
 
 
 def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, list):
         return ",".join(str(v) for v in value) or "none"
     return str(value)
@@ -548,6 +607,7 @@ def _check_model_settings(settings: dict[str, Any]) -> None:
     if settings["channels"] is None:
         settings["channels"] = 1 if key else 3
     settings["channels"] = int(settings["channels"])
+    _check_conditioning(settings, key)
     native = _native_size(key)
     if native is not None:
         try:
@@ -584,6 +644,43 @@ def _check_model_settings(settings: dict[str, Any]) -> None:
         )
 
 
+def _check_conditioning(settings: dict[str, Any], key: str | None) -> None:
+    """Check and fill in the conditioning settings: ``cond_channels`` (``None`` without
+    ``--cond-data``) and ``cond_drop_prob`` (its default for conditional models)."""
+    if settings["cond_data"] is None:
+        if settings["cond_channels"] is not None:
+            raise CLIError(
+                "--cond-channels describes the --cond-data images: pass --cond-data too",
+                EXIT_USAGE,
+            )
+    else:
+        if key is not None:
+            raise CLIError(
+                f"--cond-data pairs conditioning images with the --data images by file name, so "
+                f"--data must be a folder, not the built-in {key!r}: write its images to a "
+                "folder first (examples/super_resolution.py does so for Fashion-MNIST)",
+                EXIT_USAGE,
+            )
+        settings["cond_channels"] = int(settings["cond_channels"] or settings["channels"])
+    if settings["cond_drop_prob"] is None:
+        settings["cond_drop_prob"] = DEFAULT_COND_DROP_PROB if _conditional(settings) else 0.0
+
+
+def _conditional(settings: dict[str, Any]) -> bool:
+    return bool(settings["class_conditional"] or settings["cond_data"] is not None)
+
+
+def _check_cond_drop(settings: dict[str, Any]) -> None:
+    """Refuse a condition dropout for a model without conditions (after the resume checks,
+    which name a changed --class-conditional or --cond-data first)."""
+    if settings["cond_drop_prob"] > 0 and not _conditional(settings):
+        raise CLIError(
+            f"--cond-drop-prob {settings['cond_drop_prob']} drops the condition of a conditional "
+            "model: add --class-conditional or --cond-data, or leave it out",
+            EXIT_USAGE,
+        )
+
+
 def _native_size(key: str | None) -> int | None:
     """The side of a built-in dataset's own images."""
     from diffusionkit.data import digits, fashion_mnist
@@ -591,8 +688,13 @@ def _native_size(key: str | None) -> int | None:
     return {"digits": digits.NATIVE_SIZE, "fashion-mnist": fashion_mnist.NATIVE_SIZE}.get(key or "")
 
 
-def build_model(settings: dict[str, Any]) -> Any:
-    """The ``DenoiseDiffusion`` described by ``settings``."""
+def build_model(settings: dict[str, Any], num_classes: int | None = None) -> Any:
+    """The ``DenoiseDiffusion`` described by ``settings``.
+
+    Args:
+        settings: resolved ``train`` settings.
+        num_classes: the data's number of classes, for ``--class-conditional``.
+    """
     import torch
 
     from diffusionkit import ClipX0, DenoiseDiffusion, UNet
@@ -609,6 +711,8 @@ def build_model(settings: dict[str, Any]) -> Any:
         groups=settings["groups"],
         mid_attn=bool(settings["attn_levels"]),
         dropout=settings["dropout"],
+        num_classes=num_classes if settings["class_conditional"] else None,
+        cond_channels=settings["cond_channels"] or 0,
     )
     # Clipping x0_hat to [-1, 1] at each reverse step (as improved-diffusion and lucidrains
     # sample by default) matters with the cosine schedule: its last beta is 0.999, so the
@@ -625,13 +729,26 @@ def build_model(settings: dict[str, Any]) -> Any:
 
 
 def load_data(settings: dict[str, Any]) -> Any:
-    """The training dataset of ``settings``, with image folders checked up front."""
-    from diffusionkit.data import ImageFolderDataset, load_dataset
+    """The training dataset of ``settings``, with image folders checked up front: their
+    files readable, their pairs complete (``--cond-data``), their classes present
+    (``--class-conditional``)."""
+    from diffusionkit.data import ImageFolderDataset, PairedFolderDataset, load_dataset
 
     dataset = load_dataset(
-        settings["data"], image_size=settings["image_size"], channels=settings["channels"]
+        settings["data"],
+        image_size=settings["image_size"],
+        channels=settings["channels"],
+        cond=settings["cond_data"],
+        cond_channels=settings["cond_channels"],
     )
-    if isinstance(dataset, ImageFolderDataset):
+    if settings["class_conditional"] and dataset.num_classes is None:
+        raise CLIError(
+            f"--class-conditional needs labelled images, and {settings['data']} has none: put "
+            "the images of each class in a subfolder of their own (every image in one, the "
+            "subfolder names are the classes), or leave out --class-conditional",
+            EXIT_USAGE,
+        )
+    if isinstance(dataset, ImageFolderDataset | PairedFolderDataset):
         _check_image_files(dataset)
     return dataset
 
@@ -643,7 +760,7 @@ def _check_image_files(dataset: Any) -> None:
 
     from diffusionkit.utils.files import open_regular
 
-    for path in dataset.files:
+    for path in [*dataset.files, *getattr(dataset, "cond_files", [])]:
         try:
             with open_regular(path, "image file") as f, Image.open(f) as image:
                 image.size  # noqa: B018 - reading the header is the check
@@ -767,7 +884,7 @@ def _train(
         torch.set_num_threads(settings["threads"])
     precision = None if settings["precision"] == "auto" else settings["precision"]
     dataset = load_data(settings)
-    model = build_model(settings)
+    model = build_model(settings, dataset.num_classes)
     try:
         trainer = Trainer(
             model,
@@ -791,6 +908,7 @@ def _train(
             sample_count=settings["sample_count"],
             sample_steps=settings["sample_steps"],
             log_every=settings["log_every"],
+            cond_drop_prob=settings["cond_drop_prob"],
             num_workers=settings["num_workers"],
             progress=settings["progress"],
             compile=settings["compile"],
@@ -865,6 +983,20 @@ def _print_start(
         + (f", resuming at step {trainer.step}" if trainer.resume_report else ""),
         flush=True,
     )
+    conditions = []
+    if settings["class_conditional"]:
+        conditions.append(f"class-conditional ({trainer.dataset.num_classes} classes)")
+    if settings["cond_data"] is not None:
+        conditions.append(
+            f"conditioned on the images of {settings['cond_data']} "
+            f"({settings['cond_channels']} channel{'s' if settings['cond_channels'] > 1 else ''})"
+        )
+    if conditions:
+        print(
+            f"{' and '.join(conditions)}, condition dropped for "
+            f"{settings['cond_drop_prob']:.0%} of the examples",
+            flush=True,
+        )
     print(f"memory: {trainer.memory.describe()}", flush=True)
     report = trainer.resume_report
     if report is not None:
