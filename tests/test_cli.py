@@ -456,3 +456,17 @@ def test_a_resume_reports_only_settings_that_changed(tmp_path, capsys):
     code, out, err = run_cli(capsys, "train", "--out", str(run), "--resume", "--steps", "3")
     assert code == 0, err
     assert "changed on resume: --steps 2 -> 3" in out  # was: "--channels 1 -> 1, --steps ..."
+
+
+def test_class_conditional_training_on_a_labelled_folder(tmp_path, capsys):
+    hr, _ = _pairs(tmp_path, [f"{c}/{i}.png" for c in ("boots", "shirts") for i in range(4)])
+    run = tmp_path / "folder-cond"
+    code, out, err = run_cli(capsys, "train", "--out", str(run), "--steps", "1", "--data",
+                             str(hr), "--class-conditional", *TINY[2:])  # fmt: skip
+    assert code == 0, err
+    assert "class-conditional (2 classes)" in out
+    assert json.loads((run / "config.json").read_text())["net"]["config"]["num_classes"] == 2
+    code, out, err = run_cli(capsys, "sample", "--model", str(run), "--steps", "2",
+                             "--out", str(tmp_path / "s.png"), "--labels", "1")  # fmt: skip
+    assert code == 0, err
+    assert "1 samples" in out and "labels 1" in out
