@@ -5,7 +5,7 @@ Usage (from the repository root, with the ``benchmarks`` extra installed)::
     python benchmarks/run.py                 # everything, results in benchmarks/results/latest.*
     python benchmarks/run.py --quick         # a smoke run of the harness; results in benchmarks/results/quick.*
     python benchmarks/run.py --only speed    # any of: speed, sampling_overhead, memory, quality,
-                                             # quality_fashion, solvers, levers
+                                             # quality_fashion, solvers, levers, conditional
 
 Full runs also refresh the result sections of ``benchmarks/README.md`` and
 ``docs/performance.md``. Timings are meaningless on a busy machine: ``--wait-quiet`` waits until
@@ -35,6 +35,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from benchmarks import (  # noqa: E402
+    conditional,
     levers,
     memory,
     quality_budget,
@@ -54,7 +55,16 @@ from benchmarks.common import (  # noqa: E402
 
 BENCHMARKS = {
     m.NAME: m
-    for m in (speed, sampling_overhead, memory, quality_budget, quality_fashion, solvers, levers)
+    for m in (
+        speed,
+        sampling_overhead,
+        memory,
+        quality_budget,
+        quality_fashion,
+        solvers,
+        levers,
+        conditional,
+    )
 }
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = (ROOT / "benchmarks" / "README.md", ROOT / "docs" / "performance.md")
