@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from diffusionkit._random import Generators, randn
+from diffusionkit._random import Generators, rand, randn
 from diffusionkit.forward_process import q_sample
 from diffusionkit.samplers.ddpm import Variance
 from diffusionkit.schedules import NoiseSchedule
@@ -40,8 +40,8 @@ from diffusionkit.variance import learned_log_variance
 __all__ = [
     "BIN_WIDTH",
     "BoundTerms",
+    "bound_strata",
     "bound_term",
-    "bound_timesteps",
     "discretized_gaussian_log_likelihood",
     "fixed_log_variance",
     "model_log_variance",
@@ -176,23 +176,27 @@ def prior_term(x0: Tensor, schedule: NoiseSchedule) -> Tensor:
     return _per_sample_bits(normal_kl(a * x0, log_variance, zero, zero))
 
 
-def bound_timesteps(timesteps: int, steps: int | None) -> tuple[Tensor, float]:
-    """The timesteps at which the bound is evaluated, descending, and the weight of each KL term.
+def bound_strata(timesteps: int, steps: int | None) -> Tensor:
+    """How the bound's timesteps are grouped: ``(K, 2)`` int64 rows ``[first, stop)``,
+    descending, the last row ``[0, 1)`` (the decoder).
 
-    ``steps=None`` (or ``>= T``): all ``T``, each weighted 1: the exact bound. Otherwise the
-    decoder ``t = 0`` and ``steps - 1`` KL timesteps evenly spread over ``1 .. T-1``; each KL
-    term then stands for ``(T - 1) / (steps - 1)`` of them (a strided estimate of their sum).
+    ``steps=None`` (or ``>= T``): one stratum per timestep, the exact bound in ``T`` network
+    calls. Otherwise the KL timesteps ``1 .. T-1`` are split into ``steps - 1`` strata of
+    (nearly) equal size, each evaluated at one timestep drawn uniformly within it and counted
+    as many times as it has timesteps: stratified sampling, an unbiased estimate of the sum
+    of the KL terms in ``steps`` calls.
     """
     if steps is None or steps >= timesteps:
-        return torch.arange(timesteps - 1, -1, -1), 1.0
+        first = torch.arange(timesteps - 1, -1, -1)
+        return torch.stack([first, first + 1], dim=1)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
         raise ValueError(
             f"steps must be an int >= 2 (the decoder and at least one KL term) or None for all "
             f"{timesteps} terms; got {steps!r}"
         )
-    kl = torch.linspace(timesteps - 1, 1, steps - 1, dtype=torch.float64).round().long()
-    kl = torch.unique_consecutive(kl)
-    return torch.cat([kl, kl.new_zeros(1)]), (timesteps - 1) / kl.numel()
+    edges = torch.linspace(1, timesteps, steps, dtype=torch.float64).round().long()
+    strata = torch.stack([edges[:-1], edges[1:]], dim=1).flip(0)
+    return torch.cat([strata, torch.tensor([[0, 1]])])
 
 
 @dataclass
@@ -200,18 +204,20 @@ class BoundTerms:
     """The variational bound of a batch, in bits per dimension (all tensors on the CPU).
 
     Attributes:
-        total: ``(B,)``, the bound: ``prior + kl_weight * sum(terms[:, t > 0]) + terms[:, t = 0]``.
+        total: ``(B,)``, the bound: ``prior + (weights * terms).sum(1)``.
         prior: ``(B,)``, ``L_prior``.
         terms: ``(B, K)``, the term at each evaluated timestep (KL terms, then the decoder).
-        timesteps: ``(K,)``, the model timesteps of ``terms``, descending (the last is 0).
-        kl_weight: how many timesteps each KL term stands for (1 for the exact bound).
+        timesteps: ``(B, K)`` int64, the model timesteps of ``terms``, descending (the last is
+            0); every row is ``T-1 .. 0`` for the exact bound, and drawn per sample within
+            each stratum for an estimate.
+        weights: ``(K,)``, how many timesteps each term stands for (all 1 for the exact bound).
     """
 
     total: Tensor
     prior: Tensor
     terms: Tensor
     timesteps: Tensor
-    kl_weight: float
+    weights: Tensor
 
 
 #: ``denoise(x_t, t) -> (x0_hat, log_variance)``: the model's reverse step at ``x_t``
@@ -228,43 +234,43 @@ def variational_bound(
     generator: Generators = None,
     progress: bool = True,
 ) -> BoundTerms:
-    """Evaluate the bound on ``x0`` ``(B, C, H, W)``: one network call per evaluated timestep,
-    each at its own draw ``x_t ~ q(x_t | x_0)`` (from ``generator``), terms in float64.
+    """Evaluate the bound on ``x0`` ``(B, C, H, W)``: one network call per stratum (see
+    :func:`bound_strata`), each at its own draw ``x_t ~ q(x_t | x_0)``; terms in float64.
 
     Args:
         model: the model's reverse step (see :data:`ReverseModel`).
         schedule: the schedule the model was trained with.
         x0: 8-bit data in ``[-1, 1]``.
-        steps: timesteps evaluated (see :func:`bound_timesteps`); ``None``: all ``T``.
-        generator: source of the noise draws (one generator, or one per sample).
-        progress: show a progress bar over the timesteps.
+        steps: network calls (see :func:`bound_strata`); ``None``: all ``T`` terms.
+        generator: source of every draw (one generator, or one per sample): per stratum, the
+            timestep (estimates only), then the noise.
+        progress: show a progress bar over the terms.
     """
-    timesteps, kl_weight = bound_timesteps(schedule.timesteps, steps)
-    x0_64 = x0.double()
-    terms = []
-    for t in tqdm(timesteps.tolist(), desc="bound", unit="term", disable=not progress):
-        t_batch = torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device)
+    strata = bound_strata(schedule.timesteps, steps)
+    batch, x0_64 = x0.shape[0], x0.double()
+    terms, visited = [], []
+    for first, stop in tqdm(strata.tolist(), desc="bound", unit="term", disable=not progress):
+        t = torch.full((batch,), first, dtype=torch.long)
+        if stop - first > 1:  # a timestep drawn uniformly in the stratum, per sample
+            t += (rand((batch,), generator, dtype=torch.float64) * (stop - first)).long()
+        t = t.to(x0.device)
         noise = randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
-        x_t = q_sample(
-            x0,
-            _at(schedule.sqrt_alphas_cumprod, t_batch, x0),
-            _at(schedule.sqrt_one_minus_alphas_cumprod, t_batch, x0),
-            noise,
-        )
-        x0_hat, log_variance = model(x_t, t_batch)
-        term = bound_term(
-            x0_64, x_t.double(), t_batch, x0_hat.double(), log_variance.double(), schedule
-        )
+        a = _at(schedule.sqrt_alphas_cumprod, t, x0)
+        x_t = q_sample(x0, a, _at(schedule.sqrt_one_minus_alphas_cumprod, t, x0), noise)
+        x0_hat, log_variance = model(x_t, t)
+        term = bound_term(x0_64, x_t.double(), t, x0_hat.double(), log_variance.double(), schedule)
         terms.append(term.cpu())
+        visited.append(t.cpu())
+    weights = (strata[:, 1] - strata[:, 0]).double()
     stacked = torch.stack(terms, dim=1)  # (B, K)
     prior = prior_term(x0_64, schedule).cpu()
-    total = prior + kl_weight * stacked[:, :-1].sum(dim=1) + stacked[:, -1]
+    total = prior + (stacked * weights).sum(dim=1)
     return BoundTerms(
         total=total.float(),
         prior=prior.float(),
         terms=stacked.float(),
-        timesteps=timesteps,
-        kl_weight=kl_weight,
+        timesteps=torch.stack(visited, dim=1),
+        weights=weights.float(),
     )
 
 
