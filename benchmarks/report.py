@@ -384,6 +384,37 @@ def _conditional_md(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _likelihood_md(r: dict[str, Any]) -> list[str]:
+    rows = r["rows"]
+    calls = r["calls"]
+    lines = [
+        f"Two models trained alike (`{r['command']}`, the main job's settings); bits/dim of "
+        "the bound on the 359 held-out digits (8-bit, all T terms; mean ± standard error); FD "
+        f"of {r['n_samples']} samples of the model's DDPM sampler (which uses the learned "
+        f"variance) at each number of network calls, mean of seeds {r['seeds']} (lower is "
+        "better).",
+        "",
+        "| variance | bits/dim | "
+        + " | ".join(f"FD, {c} calls" for c in calls)
+        + " | NLL time / sampling time (64 images, all T) |",
+        "|---|---|" + "---|" * len(calls) + "---|",
+    ]
+    for name, row in rows.items():
+        fds = " | ".join(f"{row['fd'][str(c)]['fd']:.3f}" for c in calls)
+        lines.append(
+            f"| {name} | {row['bpd']:.3f} ± {row['bpd_stderr']:.3f} | {fds} | "
+            f"{row['cost']['ratio']:.2f} |"
+        )
+    worst_ratio = max(row["cost"]["ratio"] for row in rows.values())
+    lines += [
+        "",
+        f"Learned variance lowers bits/dim: {_mark(r['bpd_met'])}. Learned variance wins on FD "
+        f"at {r['fd_calls']} calls with the same sampler: {_mark(r['fd_met'])}. NLL over all T "
+        f"terms within 2x of sampling with all T steps: {_mark(worst_ratio <= 2.0)}.",
+    ]
+    return lines
+
+
 _SECTIONS = {
     "speed": ("1. Network speed, same weights", _speed_md),
     "sampling_overhead": ("2. Sampling loop overhead", _overhead_md),
@@ -393,6 +424,7 @@ _SECTIONS = {
     "solvers": ("6. Quality against network calls: few-step solvers", _solvers_md),
     "levers": ("Performance levers", _levers_md),
     "conditional": ("7. Conditional models: guidance and super-resolution", _conditional_md),
+    "likelihood": ("8. Learned variances: likelihood and quality", _likelihood_md),
 }
 
 

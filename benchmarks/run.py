@@ -37,6 +37,7 @@ import torch  # noqa: E402
 from benchmarks import (  # noqa: E402
     conditional,
     levers,
+    likelihood,
     memory,
     quality_budget,
     quality_fashion,
@@ -64,6 +65,7 @@ BENCHMARKS = {
         solvers,
         levers,
         conditional,
+        likelihood,
     )
 }
 RESULTS = ROOT / "benchmarks" / "results"
