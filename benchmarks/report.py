@@ -17,6 +17,7 @@ from diffusionkit.utils.atomic import atomic_save, atomic_write_bytes
 __all__ = [
     "TARGETS",
     "chart",
+    "likelihood_chart",
     "load_results",
     "markdown",
     "replace_section",
@@ -622,6 +623,38 @@ def solvers_chart(r: dict[str, Any], path: Path) -> None:
     labels += ["diffusionkit (solid)", "diffusers (dashed)"]
     fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
+    try:
+        atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=72, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def likelihood_chart(r: dict[str, Any], path: Path) -> None:
+    """Benchmark 8 for the likelihood page: the bound's terms against the timestep, and FD
+    against network calls, fixed and learned variances."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, row in r["rows"].items():
+        terms = row["terms_by_timestep"]
+        left.plot(range(1, len(terms) + 1), terms, label=f"{name}: {row['bpd']:.3f} bits/dim")
+        right.plot(r["calls"], [row["fd"][str(c)]["fd"] for c in r["calls"]], "o-", label=name)
+    left.set_xscale("log")
+    left.set_yscale("log")
+    left.set_xlabel("step t (paper numbering; t = 1 is the decoder)")
+    left.set_ylabel("mean term of the bound (bits/dim)")
+    left.set_title("Where the bits go: held-out digits", fontsize=10)
+    left.legend(fontsize=8)
+    right.set_xscale("log")
+    right.set_xticks(r["calls"], [str(c) for c in r["calls"]])
+    right.set_xlabel("network calls (DDPM ancestral sampler)")
+    right.set_ylabel("Frechet distance (classifier features)")
+    right.set_title("Sample quality against calls", fontsize=10)
+    right.legend(fontsize=8)
+    fig.tight_layout()
     try:
         atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=72, format="png"))
     finally:
