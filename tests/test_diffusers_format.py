@@ -264,6 +264,9 @@ def test_unrepresentable_unet_configs_are_refused(
         ({"clip_sample": True, "clip_sample_range": 2.0}, "clip_sample_range"),
         ({"rescale_betas_zero_snr": "yes"}, "rescale_betas_zero_snr"),
         ({"prediction_type": "flow"}, "prediction_type"),
+        # JSON values that are no names at all (a list cannot even be looked up)
+        ({"variance_type": ["fixed_small"]}, "variance_type"),
+        ({"prediction_type": {"epsilon": 1}}, "prediction_type"),
         ({"_class_name": "DDIMScheduler"}, "DDIMScheduler"),
     ],
 )

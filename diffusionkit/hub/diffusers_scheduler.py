@@ -187,7 +187,7 @@ def components_from_scheduler(config: Mapping[str, Any], label: str) -> Schedule
 
     variance_type = cfg["variance_type"]
     learned = variance_type == LEARNED_RANGE
-    if not learned and variance_type not in _VARIANCES:
+    if not learned and (not isinstance(variance_type, str) or variance_type not in _VARIANCES):
         why = _REFUSED_VARIANCES.get(variance_type) if isinstance(variance_type, str) else None
         supported = "supported: 'fixed_small', 'fixed_small_log', 'fixed_large', 'learned_range'"
         raise unsupported("variance_type", f"{why}; {supported}" if why else supported)
@@ -210,7 +210,7 @@ def components_from_scheduler(config: Mapping[str, Any], label: str) -> Schedule
     variance = Variance.POSTERIOR if learned else _VARIANCES[variance_type]
     sampler = DDPMSampler(variance, clip_x0=clip and not threshold)
 
-    if cfg["prediction_type"] not in _PREDICTIONS:
+    if not isinstance(cfg["prediction_type"], str) or cfg["prediction_type"] not in _PREDICTIONS:
         raise unsupported("prediction_type", "supported: 'epsilon', 'sample', 'v_prediction'")
     prediction = _PREDICTIONS[cfg["prediction_type"]]
     return SchedulerParts(schedule, sampler, prediction, x0_processing, learned)
