@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import torch
+from hub_server import HubServer
 from torch import Tensor
 
 from diffusionkit import (
@@ -454,3 +455,21 @@ def test_export_refuses_channels_that_do_not_match(
     with pytest.raises(ValueError, match=match):
         model.save_diffusers(tmp_path / "out", sample_size=8)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_learned_range_pipeline_pulled_from_the_hub(
+    hub_server: HubServer, tmp_path: Path, unet: UNet2DModel
+) -> None:
+    """Written by diffusers itself, uploaded to the test Hub server, loaded by repo id."""
+    from huggingface_hub import HfApi
+
+    save_pipeline(tmp_path / "pipeline", unet, clip_sample=True)
+    repo_id = hub_server.new_repo_id(prefix="ddpm-learned")
+    HfApi().create_repo(repo_id)
+    HfApi().upload_folder(repo_id=repo_id, folder_path=tmp_path / "pipeline")
+    pulled = DenoiseDiffusion.from_pretrained(repo_id)
+    local = DenoiseDiffusion.from_pretrained(tmp_path / "pipeline")
+    assert pulled.learned_variance is True and pulled.sampler == local.sampler
+    assert torch.equal(
+        our_chain(pulled, seed=3, steps=10)[1], our_chain(local, seed=3, steps=10)[1]
+    )
