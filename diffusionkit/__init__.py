@@ -19,7 +19,7 @@ Quick start::
 import diffusionkit.hub  # noqa: F401  (isort: the last import, on purpose)
 from diffusionkit._version import __version__
 from diffusionkit.denoiser import Denoiser
-from diffusionkit.diffusion import DenoiseDiffusion, Prediction, SampleTrajectory
+from diffusionkit.diffusion import BoundTerms, DenoiseDiffusion, Prediction, SampleTrajectory
 from diffusionkit.networks import UNet
 from diffusionkit.samplers import (
     DDIMSampler,
@@ -50,6 +50,7 @@ from diffusionkit.thresholding import ClipX0, DynamicThreshold, X0Processing
 from diffusionkit.weighting import LossWeighting, MinSNRWeighting
 
 __all__ = [
+    "BoundTerms",
     "ClipX0",
     "CosineSchedule",
     "DDIMSampler",

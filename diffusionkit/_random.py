@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["Generators", "check_generators", "randn"]
+__all__ = ["Generators", "check_generators", "rand", "randn"]
 
 #: One generator for the whole batch, one per sample, or ``None`` (torch's default generator).
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -56,19 +56,38 @@ def randn(
             moved, so a CPU generator gives the same numbers whatever the target device.
         dtype: dtype of the result.
     """
+    return _draw(torch.randn, shape, generator, device, dtype)
+
+
+def rand(
+    shape: Sequence[int],
+    generator: Generators = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Draw ``U[0, 1)`` values of ``shape`` ``(B, ...)``, from ``generator`` as :func:`randn`."""
+    return _draw(torch.rand, shape, generator, device, dtype)
+
+
+def _draw(
+    fn: Callable[..., Tensor],
+    shape: Sequence[int],
+    generator: Generators,
+    device: torch.device | str | None,
+    dtype: torch.dtype,
+) -> Tensor:
     shape = tuple(shape)
     generator = check_generators(generator)
     if generator is None or isinstance(generator, torch.Generator):
         gen_device = generator.device if generator is not None else device
-        out = torch.randn(shape, generator=generator, device=gen_device, dtype=dtype)
+        out = fn(shape, generator=generator, device=gen_device, dtype=dtype)
         return out.to(device) if device is not None else out
     generators = list(generator)
     if len(generators) != shape[0]:
         raise ValueError(
             f"got {len(generators)} generators for a batch of {shape[0]}: pass one per sample"
         )
-    samples = [
-        torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generators
-    ]
+    samples = [fn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generators]
     out = torch.stack(samples)
     return out.to(device) if device is not None else out

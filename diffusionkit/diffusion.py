@@ -28,18 +28,21 @@ from diffusionkit.inputs import (
     check_shape,
     check_timesteps,
 )
-from diffusionkit.objective import DenoisingLoss
+from diffusionkit.likelihood import BoundTerms, model_log_variance, variational_bound
+from diffusionkit.objective import DenoisingLoss, variational_term
 from diffusionkit.persistence import PretrainedMixin
-from diffusionkit.prediction import Prediction
+from diffusionkit.prediction import Prediction, predicted_x0
 from diffusionkit.samplers import DDPMSampler, Sampler, get_sampler
+from diffusionkit.samplers.ddpm import Variance
 from diffusionkit.sampling_plan import plan_sampling
 from diffusionkit.schedules import LinearSchedule, NoiseSchedule
 from diffusionkit.spacing import Spacing
 from diffusionkit.thresholding import ClipX0, X0Processing
+from diffusionkit.variance import split_learned_variance
 from diffusionkit.view import DenoiserView, network_call
 from diffusionkit.weighting import LossWeighting
 
-__all__ = ["DenoiseDiffusion", "Prediction", "SampleTrajectory", "StepCallback"]
+__all__ = ["BoundTerms", "DenoiseDiffusion", "Prediction", "SampleTrajectory", "StepCallback"]
 
 
 @dataclass
@@ -92,6 +95,17 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
             clips (``DDPMSampler(clip_x0=True)``, how models clipped before this argument
             existed, and checkpoints of format 1) means ``ClipX0()``: the model clips, so every
             sampler does.
+        learned_variance: the network learns the reverse variance (Nichol & Dhariwal 2021,
+            Sec. 3.1; :mod:`~diffusionkit.variance`): it has ``out_channels = 2 *
+            in_channels``, the prediction then the variance value ``v`` in ``[-1, 1]``, which
+            interpolates ``log sigma_t²`` between ``log beta_tilde_t`` and ``log beta_t``.
+            :meth:`loss` becomes the hybrid loss ``L_simple + vlb_weight * L_vlb``; the DDPM
+            and posterior-mean samplers draw their noise with the learned variance (also on
+            respaced schedules); DDIM and the ODE/SDE solvers use the prediction alone.
+        vlb_weight: ``lambda`` of the hybrid loss (Nichol & Dhariwal use 0.001): the loss adds
+            ``vlb_weight * T * L_t``, ``L_t`` being the bound's term (bits/dim) at the sampled
+            timestep, so that ``T * L_t`` estimates ``L_vlb``, the sum over all ``T`` terms
+            (improved-diffusion's ``RESCALED_MSE``). Only with ``learned_variance``.
 
     Example:
         >>> from diffusionkit import ClipX0, DenoiseDiffusion, UNet
@@ -108,6 +122,8 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
         prediction: Prediction | str = Prediction.EPS,
         weighting: LossWeighting | None = None,
         x0_processing: X0Processing | None = None,
+        learned_variance: bool = False,
+        vlb_weight: float = 0.001,
     ) -> None:
         super().__init__()
         if not isinstance(net, nn.Module):
@@ -133,6 +149,17 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
         except ValueError:
             valid = ", ".join(repr(p.value) for p in Prediction)
             raise ValueError(f"prediction must be one of {valid}; got {prediction!r}") from None
+        if not isinstance(learned_variance, bool):
+            raise TypeError(f"learned_variance must be a bool, got {learned_variance!r}")
+        if (
+            isinstance(vlb_weight, bool)
+            or not isinstance(vlb_weight, int | float)
+            or not math.isfinite(vlb_weight)
+            or vlb_weight < 0
+        ):
+            raise ValueError(f"vlb_weight must be a finite number >= 0, got {vlb_weight!r}")
+        self.learned_variance = learned_variance
+        self.vlb_weight = float(vlb_weight)
         self.net = net
         self.schedule = schedule
         self.sampler = sampler
@@ -222,7 +249,10 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
 
         ``E_{t, eps} w_t || target - net(x_t, t) ||²`` with ``target`` = ``eps``, ``x0`` or
         ``v`` and ``w_t = 1`` unless the model has a :attr:`weighting`
-        (:class:`~diffusionkit.objective.DenoisingLoss`).
+        (:class:`~diffusionkit.objective.DenoisingLoss`). With ``learned_variance``, the
+        hybrid loss of Nichol & Dhariwal (2021): that plus ``vlb_weight * T`` times the mean of
+        the bound's terms at the sampled timesteps, the mean's gradient stopped
+        (:func:`~diffusionkit.objective.variational_term`).
 
         Args:
             x0: clean images ``(B, C, H, W)`` in ``[-1, 1]``.
@@ -263,13 +293,20 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
         if cond_drop_prob > 0:
             drop = drop_mask(batch, cond_drop_prob, generator, x0.device)
             labels_t, cond_t = drop_condition(labels_t, cond_t, drop)
-        out = network_call(self.net)(x_t, t, labels_t, cond_t)
+        out = network_call(self.net, self.learned_variance)(x_t, t, labels_t, cond_t)
+        v = None
+        if self.learned_variance:
+            out, v = split_learned_variance(out, x0.shape[1])
         a = self._coef("sqrt_alphas_cumprod", t, x0)
         b = self._coef("sqrt_one_minus_alphas_cumprod", t, x0)
         snr = None
         if self.weighting is not None:  # (B,) float32, as the weights multiply
             snr = self._coef("snr", t, out.new_empty(batch, dtype=torch.float32))
-        return DenoisingLoss(self.prediction, self.weighting)(out, x0, noise, a, b, snr)
+        loss = DenoisingLoss(self.prediction, self.weighting)(out, x0, noise, a, b, snr)
+        if v is None:
+            return loss
+        vlb = variational_term(out, v, x0, x_t, t, a, b, self.prediction, self.schedule)
+        return loss + self.vlb_weight * self.timesteps * vlb.mean()
 
     def forward(self, x0: Tensor, **kwargs: Any) -> Tensor:
         """Same as :meth:`loss`, so that wrappers such as DistributedDataParallel can call it."""
@@ -283,8 +320,9 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
         t = check_timesteps(t, x_t.shape[0], self.timesteps, x_t.device)
         labels_t = check_labels(labels, x_t.shape[0], self.net, x_t.device)
         cond_t = check_cond(cond, x_t.shape, self.net, x_t.device, x_t.dtype)
-        call = guided(network_call(self.net), labels_t, cond_t, None)
-        return DenoiserView(call, self.schedule, self.prediction).predict(x_t, t)
+        call = guided(network_call(self.net, self.learned_variance), labels_t, cond_t, None)
+        view = DenoiserView(call, self.schedule, self.prediction, None, self.learned_variance)
+        return view.predict(x_t, t)
 
     def predict_x0(
         self,
@@ -489,8 +527,9 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
         device, dtype = self._device_dtype()
         labels_t = check_labels(labels, shape[0], self.net, device)
         cond_t = check_cond(cond, shape, self.net, device, dtype)
-        call = guided(network_call(self.net), labels_t, cond_t, guidance_scale)
-        view = DenoiserView(call, self.schedule, self.prediction, self.x0_processing)
+        learned = self.learned_variance
+        call = guided(network_call(self.net, learned), labels_t, cond_t, guidance_scale, learned)
+        view = DenoiserView(call, self.schedule, self.prediction, self.x0_processing, learned)
         inpaint = None
         if x_known is not None or mask is not None:
             if x_known is None or mask is None:
@@ -547,6 +586,107 @@ class DenoiseDiffusion(nn.Module, PretrainedMixin):
             x0_pred=torch.stack(chain.x0s),
             timesteps=plan.visited,
         )
+
+    # ------------------------------------------------------------ likelihood
+    @property
+    def fixed_variance(self) -> Variance:
+        """The reverse variance the likelihood uses when the network does not learn it: the
+        default sampler's (``DDPMSampler(variance="beta")`` is ``beta_t``), else
+        ``beta_tilde_t``."""
+        if isinstance(self.sampler, DDPMSampler):
+            return self.sampler.variance
+        return Variance.POSTERIOR
+
+    def nll(
+        self,
+        x0: Tensor,
+        *,
+        steps: int | None = None,
+        generator: Generators = None,
+        labels: Tensor | int | None = None,
+        cond: Tensor | None = None,
+        progress: bool = True,
+    ) -> Tensor:
+        """The variational bound on ``-log p(x0)`` per image, in bits per dimension ``(B,)``.
+
+        The bound of Ho et al. (2020, eq. 5) with their discretized decoder for 8-bit data
+        (Sec. 3.3): the prior term, ``T - 1`` Gaussian KL terms and the decoder, each from one
+        draw of ``x_t ~ q(x_t | x0)`` (:mod:`~diffusionkit.likelihood` states every term).
+        The reverse process is the one the model samples with: mean from ``x0_hat`` after the
+        model's ``x0_processing``, variance learned (``learned_variance``) or
+        :attr:`fixed_variance`. Lower is better; ``log2(256) = 8`` bits/dim is the cost of
+        uniform noise. Runs under ``torch.inference_mode`` with the network in eval mode.
+
+        Args:
+            x0: images ``(B, C, H, W)`` in ``[-1, 1]``, 8-bit data (each value is the centre
+                of a bin of width ``2 / 255``).
+            steps: ``None``: all ``T`` terms (one network call each), the bound itself.
+                ``K >= 2``: the decoder and ``K - 1`` KL terms evenly spread over the
+                timesteps, their sum scaled to ``T - 1`` terms: an estimate in ``K`` calls.
+            generator: source of the noise draws (one generator, or one per sample).
+            labels: class labels ``(B,)`` (or one int) of a class-conditional network.
+            cond: conditioning images ``(B, C_cond, H, W)`` of an image-conditional network.
+            progress: show a progress bar over the terms.
+
+        Returns:
+            ``(B,)`` float32 bits per dimension, on the CPU.
+        """
+        return self.nll_terms(
+            x0, steps=steps, generator=generator, labels=labels, cond=cond, progress=progress
+        ).total
+
+    def nll_terms(
+        self,
+        x0: Tensor,
+        *,
+        steps: int | None = None,
+        generator: Generators = None,
+        labels: Tensor | int | None = None,
+        cond: Tensor | None = None,
+        progress: bool = True,
+    ) -> BoundTerms:
+        """:meth:`nll` with every term of the bound (:class:`~diffusionkit.BoundTerms`), e.g.
+        to plot bits/dim against the timestep."""
+        check_image_batch("x0", x0, self.net)
+        check_data_range("x0", x0)
+        generator = check_generators(generator)
+        if self.prediction is Prediction.EPS and self.schedule.alphas_cumprod[-1] == 0:
+            raise ValueError(
+                "the schedule has zero terminal SNR, where an eps-predicting network cannot "
+                "give x0 at the last timestep, so the bound is infinite there"
+            )
+        batch = x0.shape[0]
+        labels_t = check_labels(labels, batch, self.net, x0.device)
+        cond_t = check_cond(cond, x0.shape, self.net, x0.device, x0.dtype)
+        net_fn = network_call(self.net, self.learned_variance)
+        fixed = self.fixed_variance
+
+        def reverse(x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+            out = net_fn(x_t, t, labels_t, cond_t)
+            v = None
+            if self.learned_variance:
+                out, v = split_learned_variance(out, x_t.shape[1])
+            a = self._coef("sqrt_alphas_cumprod", t, x_t)
+            b = self._coef("sqrt_one_minus_alphas_cumprod", t, x_t)
+            x0_hat = predicted_x0(out, x_t, a, b, self.prediction)
+            if self.x0_processing is not None:
+                x0_hat = self.x0_processing(x0_hat)
+            return x0_hat, model_log_variance(v, t, self.schedule, fixed, x_t)
+
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            with torch.inference_mode():
+                return variational_bound(
+                    reverse,
+                    self.schedule,
+                    x0,
+                    steps=steps,
+                    generator=generator,
+                    progress=progress,
+                )
+        finally:
+            self.net.train(was_training)
 
     def start_step_of(self, strength: float) -> int:
         """The model timestep ``round(strength * T) - 1`` (at least 0) that image-to-image with

@@ -51,7 +51,11 @@ def classifier_free_guidance(out_cond: Tensor, out_uncond: Tensor, scale: float)
 
 
 def guided(
-    net_fn: NetFn, labels: Tensor | None, cond: Tensor | None, scale: float | None
+    net_fn: NetFn,
+    labels: Tensor | None,
+    cond: Tensor | None,
+    scale: float | None,
+    learned_variance: bool = False,
 ) -> Callable[[Tensor, Tensor], Tensor]:
     """Return ``denoise(x, t) -> out``: the network with its condition bound, guided if asked.
 
@@ -65,6 +69,9 @@ def guided(
         labels: class labels ``(B,)`` or ``None``.
         cond: conditioning images ``(B, C_cond, H, W)`` or ``None``.
         scale: guidance scale ``w`` (see the module docstring) or ``None``.
+        learned_variance: the output's second half of channels is a learned variance value
+            (:mod:`diffusionkit.variance`): only the prediction is guided, and the variance
+            is the conditional pass's (as GLIDE, Nichol et al. 2022, does).
     """
     scale = check_guidance_scale(scale)
     if scale is None or scale == 1.0:
@@ -79,6 +86,10 @@ def guided(
 
     def denoise(x: Tensor, t: Tensor) -> Tensor:
         out_cond, out_uncond = net_fn(torch.cat([x, x]), torch.cat([t, t]), labels2, cond2).chunk(2)
-        return classifier_free_guidance(out_cond, out_uncond, scale)
+        if not learned_variance:
+            return classifier_free_guidance(out_cond, out_uncond, scale)
+        c = x.shape[1]
+        guided_out = classifier_free_guidance(out_cond[:, :c], out_uncond[:, :c], scale)
+        return torch.cat([guided_out, out_cond[:, c:]], dim=1)
 
     return denoise

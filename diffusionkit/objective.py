@@ -5,6 +5,11 @@ network's output on ``x_t`` and its target, the noise ``eps`` (Ho et al.), the c
 ``x0``, or the velocity ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0`` (Salimans & Ho 2022,
 Sec. 4). A :class:`~diffusionkit.LossWeighting` rescales each sample's error by a function of
 its timestep's SNR (e.g. Min-SNR, Hang et al. 2023).
+
+A network that learns its variance is trained with the hybrid objective of Nichol & Dhariwal
+(2021, Sec. 3.1), ``L_simple + lambda L_vlb``: :func:`variational_term` is ``L_vlb``'s term at
+the sampled timestep, with the gradient stopped on the mean so that ``L_vlb`` trains the
+variance only.
 """
 
 from __future__ import annotations
@@ -12,10 +17,13 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffusionkit.prediction import Prediction
+from diffusionkit.likelihood import bound_term, model_log_variance
+from diffusionkit.prediction import Prediction, predicted_x0
+from diffusionkit.samplers.ddpm import Variance
+from diffusionkit.schedules import NoiseSchedule
 from diffusionkit.weighting import LossWeighting
 
-__all__ = ["DenoisingLoss", "training_target"]
+__all__ = ["DenoisingLoss", "training_target", "variational_term"]
 
 
 def training_target(
@@ -73,3 +81,36 @@ class DenoisingLoss:
             raise ValueError("a weighted loss needs the timesteps' snr")
         per_sample = (out.float() - target.float()).square().flatten(1).mean(dim=1)  # (B,)
         return (self.weighting.weights(snr, self.prediction) * per_sample).mean()
+
+
+def variational_term(
+    out: Tensor,
+    v: Tensor,
+    x0: Tensor,
+    x_t: Tensor,
+    t: Tensor,
+    a: Tensor,
+    b: Tensor,
+    prediction: Prediction,
+    schedule: NoiseSchedule,
+) -> Tensor:
+    """``L_t`` of the variational bound at each sample's timestep, in bits/dim, ``(B,)``,
+    float32, for the hybrid loss (Nichol & Dhariwal 2021, Sec. 3.1).
+
+    The mean comes from ``out`` with its gradient stopped (``L_vlb`` must not pull the mean
+    away from ``L_simple``'s optimum), the variance from ``v`` (:mod:`diffusionkit.variance`);
+    ``x0_hat`` is not processed (clipped), as in improved-diffusion's training.
+
+    Args:
+        out: the network's prediction ``(B, C, H, W)`` (its first ``C`` channels).
+        v: its variance value ``(B, C, H, W)`` (the last ``C``).
+        x0, x_t: the data and its noised version, ``(B, C, H, W)``.
+        t: ``(B,)`` int64 timesteps.
+        a, b: ``sqrt(abar_t)``, ``sqrt(1 - abar_t)``, ``(B, 1, 1, 1)``.
+        prediction: what ``out`` is.
+        schedule: the model's schedule.
+    """
+    x0, x_t = x0.float(), x_t.float()
+    x0_hat = predicted_x0(out.detach().float(), x_t, a.float(), b.float(), prediction)
+    log_variance = model_log_variance(v.float(), t, schedule, Variance.POSTERIOR, x_t)
+    return bound_term(x0, x_t, t, x0_hat, log_variance, schedule)

@@ -57,6 +57,7 @@ class StepCoefficients:
     posterior_variance: float
     posterior_mean_coef_x0: float
     posterior_mean_coef_xt: float
+    posterior_log_variance_clipped: float
 
 
 class NoiseSchedule(Component, ABC):
@@ -78,6 +79,10 @@ class NoiseSchedule(Component, ABC):
             (Ho et al. 2020, eq. 7); zero at ``t = 0``.
         posterior_mean_coef_x0: coefficient of ``x_0`` in ``mu_tilde_t`` (eq. 7).
         posterior_mean_coef_xt: coefficient of ``x_t`` in ``mu_tilde_t`` (eq. 7).
+        posterior_log_variance_clipped: ``log beta_tilde_t`` with ``beta_tilde_0 = 0`` replaced
+            by ``beta_tilde_1`` (by ``beta_0`` when ``T = 1``): the lower end of a learned
+            variance's range (Nichol & Dhariwal 2021, eq. 15; improved-diffusion's
+            ``posterior_log_variance_clipped``).
     """
 
     def __init__(self, timesteps: int) -> None:
@@ -114,6 +119,8 @@ class NoiseSchedule(Component, ABC):
         self.posterior_mean_coef_xt = (
             (1.0 - self.alphas_cumprod_prev) * self.alphas.sqrt() / one_minus
         )
+        floor = self.posterior_variance[1:2] if len(betas) > 1 else betas[:1]
+        self.posterior_log_variance_clipped = torch.cat([floor, self.posterior_variance[1:]]).log()
 
     def step_coefficients(self, index: int) -> StepCoefficients:
         """The scalars of reverse step ``index`` (``0 <= index < T``) as Python floats."""
@@ -129,6 +136,7 @@ class NoiseSchedule(Component, ABC):
                 self.posterior_variance,
                 self.posterior_mean_coef_x0,
                 self.posterior_mean_coef_xt,
+                self.posterior_log_variance_clipped,
             )
             rows = zip(*(c.tolist() for c in columns), strict=True)
             table = [StepCoefficients(i, *row) for i, row in enumerate(rows)]

@@ -22,11 +22,13 @@ from torch import Tensor
 from diffusionkit.prediction import Prediction, eps_from_x0, predicted_eps, predicted_x0
 from diffusionkit.schedules import NoiseSchedule
 from diffusionkit.thresholding import X0Processing
+from diffusionkit.variance import split_learned_variance
 
 __all__ = ["Denoised", "DenoiserView", "NetCall", "check_output", "network_call"]
 
 #: ``call(x, t) -> out``: the network with its condition bound (and guidance applied), for
-#: ``x`` ``(B, C, H, W)`` and ``t`` ``(B,)`` int64; ``out`` is shaped like ``x``
+#: ``x`` ``(B, C, H, W)`` and ``t`` ``(B,)`` int64; ``out`` is shaped like ``x`` (``(B, 2 C, H,
+#: W)`` for a network that learns its variance, see :mod:`diffusionkit.variance`)
 NetCall = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -37,9 +39,23 @@ class Denoised:
         x: ``(B, C, H, W)``, the state the network saw. Inpainting may have replaced part of
             the solver's state before the call, so a solver continues from ``x``.
         alpha_cumprod: ``abar`` of the call's timestep (a Python float).
+        variance: ``(B, C, H, W)``, the network's variance output ``v`` in ``[-1, 1]`` when it
+            learns its variance (:func:`~diffusionkit.variance.step_log_variance` turns it into
+            the step's log variance), else ``None``.
     """
 
-    __slots__ = ("_a", "_b", "_eps", "_kind", "_out", "_processing", "_x0", "alpha_cumprod", "x")
+    __slots__ = (
+        "_a",
+        "_b",
+        "_eps",
+        "_kind",
+        "_out",
+        "_processing",
+        "_x0",
+        "alpha_cumprod",
+        "variance",
+        "x",
+    )
 
     def __init__(
         self,
@@ -48,9 +64,11 @@ class Denoised:
         alpha_cumprod: float,
         kind: Prediction,
         processing: X0Processing | None,
+        variance: Tensor | None = None,
     ) -> None:
         self.x = x
         self.alpha_cumprod = alpha_cumprod
+        self.variance = variance
         self._out = out
         self._a, self._b = alpha_cumprod**0.5, (1.0 - alpha_cumprod) ** 0.5
         self._kind = kind
@@ -85,6 +103,8 @@ class DenoiserView:
         schedule: the schedule the network was trained with (gives ``abar_t`` per ``t``).
         prediction: what ``out`` is.
         x0_processing: applied to ``x0_hat`` before anything reads it; ``None``: none.
+        learned_variance: ``out`` has ``2 C`` channels, the prediction then the variance value
+            ``v`` (Nichol & Dhariwal 2021; :mod:`diffusionkit.variance`).
     """
 
     def __init__(
@@ -93,11 +113,18 @@ class DenoiserView:
         schedule: NoiseSchedule,
         prediction: Prediction,
         x0_processing: X0Processing | None = None,
+        learned_variance: bool = False,
     ) -> None:
         self.call = call
         self.schedule = schedule
         self.prediction = Prediction(prediction)
         self.x0_processing = x0_processing
+        self.learned_variance = learned_variance
+
+    def _split(self, out: Tensor, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        if not self.learned_variance:
+            return out, None
+        return split_learned_variance(out, x.shape[1])
 
     def at(self, x: Tensor, t: Tensor, alpha_cumprod: float) -> Denoised:
         """One network call in a reverse chain.
@@ -107,11 +134,12 @@ class DenoiserView:
             t: ``(B,)`` int64 model timesteps (all the same in a chain).
             alpha_cumprod: ``abar`` at ``t``, as a Python float (no device sync).
         """
-        return Denoised(x, self.call(x, t), alpha_cumprod, self.prediction, self.x0_processing)
+        out, v = self._split(self.call(x, t), x)
+        return Denoised(x, out, alpha_cumprod, self.prediction, self.x0_processing, v)
 
     def predict(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(eps_hat, x0_hat)`` for per-sample timesteps ``t`` ``(B,)``, each ``(B, C, H, W)``."""
-        out = self.call(x, t)
+        out, _ = self._split(self.call(x, t), x)
         shape = (-1, *([1] * (x.ndim - 1)))  # (B, 1, 1, 1)
         a = self.schedule.sqrt_alphas_cumprod.to(device=x.device, dtype=x.dtype)[t].view(shape)
         b = self.schedule.sqrt_one_minus_alphas_cumprod.to(x.device, x.dtype)[t].view(shape)
@@ -122,21 +150,38 @@ class DenoiserView:
         return (x - a * x0) / b, x0
 
 
-def check_output(out: object, x: Tensor) -> Tensor:
-    """``out`` if it is a tensor shaped like the network's input ``x``; else a clear error."""
-    if not isinstance(out, Tensor) or out.shape != x.shape:
+def check_output(out: object, x: Tensor, learned_variance: bool = False) -> Tensor:
+    """``out`` if it is a tensor shaped like the network's input ``x`` (with twice its channels
+    when the network learns its variance); else a clear error."""
+    expected = tuple(x.shape)
+    if learned_variance:
+        expected = (expected[0], 2 * expected[1], *expected[2:])
+    if not isinstance(out, Tensor) or tuple(out.shape) != expected:
         got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        if learned_variance:
+            raise ValueError(
+                f"a model with learned_variance=True needs a net that returns twice its input's "
+                f"channels, {expected} for input {tuple(x.shape)} (the prediction, then the "
+                f"variance value); got {got}: build it with out_channels = 2 * in_channels"
+            )
+        hint = ""
+        if isinstance(out, Tensor) and out.ndim == x.ndim and out.shape[1] == 2 * x.shape[1]:
+            hint = (
+                ": a net with out_channels = 2 * in_channels learns its variance; build the "
+                "model with DenoiseDiffusion(..., learned_variance=True)"
+            )
         raise ValueError(
-            f"net must return a tensor shaped like its input {tuple(x.shape)}; got {got}"
+            f"net must return a tensor shaped like its input {tuple(x.shape)}; got {got}{hint}"
         )
     return out
 
 
 def network_call(
-    net: torch.nn.Module,
+    net: torch.nn.Module, learned_variance: bool = False
 ) -> Callable[[Tensor, Tensor, Tensor | None, Tensor | None], Tensor]:
     """``net_fn(x, t, labels, cond) -> out``: ``net`` called with only the conditioning inputs
-    it is given, its output checked (the form :func:`~diffusionkit.guidance.guided` binds)."""
+    it is given, its output checked (the form :func:`~diffusionkit.guidance.guided` binds).
+    With ``learned_variance`` the output has ``2 C`` channels."""
 
     def net_fn(x: Tensor, t: Tensor, labels: Tensor | None, cond: Tensor | None) -> Tensor:
         kwargs: dict[str, Tensor] = {}
@@ -144,6 +189,6 @@ def network_call(
             kwargs["labels"] = labels
         if cond is not None:
             kwargs["cond"] = cond
-        return check_output(net(x, t, **kwargs), x)
+        return check_output(net(x, t, **kwargs), x, learned_variance)
 
     return net_fn

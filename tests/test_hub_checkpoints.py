@@ -111,7 +111,7 @@ def test_config_json_schema_and_weights_only(tmp_path: Path) -> None:
     model.x0_processing = DynamicThreshold(0.99, max_value=2.0)
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["diffusionkit_format"] == 2
+    assert config["diffusionkit_format"] == 3
     assert config["diffusionkit_version"]
     assert config["kind"] == "diffusion"
     assert config["net"] == {"class": "UNet", "config": model.net.config()}
@@ -126,6 +126,8 @@ def test_config_json_schema_and_weights_only(tmp_path: Path) -> None:
         "class": "DynamicThreshold",
         "config": {"percentile": 0.99, "max_value": 2.0},
     }
+    assert config["learned_variance"] is False
+    assert config["vlb_weight"] == 0.001
     assert DenoiseDiffusion.from_pretrained(tmp_path).x0_processing == model.x0_processing
     weights = config["weights"]
     assert set(weights) == {"model"}
@@ -392,7 +394,7 @@ def test_corrupt_config_json(saved: Path, content: bytes, match: str) -> None:
 @pytest.mark.parametrize(
     ("changes", "match"),
     [
-        ({"diffusionkit_format": 3}, "format 3.*Upgrade"),
+        ({"diffusionkit_format": 4}, "format 4.*Upgrade"),
         ({"diffusionkit_format": "1"}, "positive int"),
         ({"kind": "pipeline"}, "'kind' must be one of"),
         ({"prediction": "noise"}, "invalid config: prediction must be one of"),

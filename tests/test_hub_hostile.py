@@ -93,7 +93,8 @@ def test_a_format_1_config_missing_an_argument_is_refused(tmp_path: Path) -> Non
     path = tmp_path / "config.json"
     config = json.loads(path.read_text())
     config["diffusionkit_format"] = 1
-    del config["x0_processing"]
+    for later in ("x0_processing", "learned_variance", "vlb_weight"):
+        del config[later]
     path.write_text(json.dumps(config))
     assert DenoiseDiffusion.from_pretrained(tmp_path).x0_processing is None
     del config["schedule"]

@@ -227,6 +227,16 @@ OPTIONS: tuple[Option, ...] = (
         "model",
         "KIND",
     ),
+    Option(
+        "learned_variance",
+        _boolean,
+        False,
+        "learn the reverse process's variance (improved DDPM, Nichol & Dhariwal 2021): the "
+        "network outputs twice the image channels and trains with the hybrid loss "
+        "L_simple + 0.001 L_vlb; lowers the bits/dim of 'diffusionkit eval --nll'",
+        "model",
+        "BOOL",
+    ),
     # optimisation
     Option("steps", positive_int(1), 2000, "optimizer steps of the whole run", metavar="N"),
     Option(
@@ -364,7 +374,7 @@ DEFAULTS: dict[str, Any] = {option.name: option.default for option in OPTIONS}
 FIXED_ON_RESUME = (
     "image_size", "channels", "dim", "dim_mults", "attn_levels", "n_blocks", "groups",
     "dropout", "schedule", "timesteps", "prediction", "seed", "class_conditional",
-    "cond_channels",
+    "cond_channels", "learned_variance",
 )  # fmt: skip
 #: condition dropout of conditional models unless --cond-drop-prob says otherwise (Ho &
 #: Salimans 2022 use 0.1 to 0.2)
@@ -702,8 +712,10 @@ def build_model(settings: dict[str, Any], num_classes: int | None = None) -> Any
 
     torch.manual_seed(settings["seed"])
     levels = len(settings["dim_mults"])
+    learned_variance = bool(settings["learned_variance"])
     net = UNet(
         in_channels=settings["channels"],
+        out_channels=settings["channels"] * (2 if learned_variance else 1),
         dim=settings["dim"],
         dim_mults=settings["dim_mults"],
         attns=[level in settings["attn_levels"] for level in range(levels)],
@@ -725,6 +737,7 @@ def build_model(settings: dict[str, Any], num_classes: int | None = None) -> Any
         SCHEDULES.build(settings["schedule"], {"timesteps": settings["timesteps"]}),
         prediction=settings["prediction"],
         x0_processing=ClipX0() if settings["clip_x0"] else None,
+        learned_variance=learned_variance,
     )
 
 

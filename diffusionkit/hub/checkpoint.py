@@ -9,10 +9,10 @@ A checkpoint folder holds:
   default when present;
 * ``sample_grid.png`` (optional) and ``README.md``, the model card.
 
-``config.json`` schema (format 2)::
+``config.json`` schema (format 3)::
 
     {
-      "diffusionkit_format": 2,                 # bumped on incompatible changes
+      "diffusionkit_format": 3,                 # bumped on incompatible changes
       "diffusionkit_version": "0.1.0",          # the writer, for messages
       "kind": "diffusion",                      # or "network" (a network saved alone)
       "net": {"class": "UNet", "config": {...}},
@@ -22,6 +22,8 @@ A checkpoint folder holds:
       "prediction": "eps",
       "weighting": null,                        # or {"class": "MinSNRWeighting", ...}
       "x0_processing": {"class": "ClipX0", "config": {}},    # or null (format 2)
+      "learned_variance": false,                # format 3
+      "vlb_weight": 0.001,                      # format 3
       "weights": {
         "model": {"file": "model.safetensors", "sha256": "<64 hex>"},
         "ema": {"file": "ema.safetensors", "sha256": "<64 hex>"}   # optional
@@ -34,7 +36,9 @@ sampler's own ``clip_x0``, which ``diffusionkit train`` set as a property of the
 format-1 checkpoint whose sampler clips therefore loads with ``x0_processing = ClipX0()`` (the
 ``DenoiseDiffusion`` constructor's rule for a missing ``x0_processing`` and a clipping sampler):
 its own sampler samples exactly as before, and samplers chosen by name clip too; one whose
-sampler does not clip loads with ``None``. Saving writes format 2.
+sampler does not clip loads with ``None``. Format 2 had no ``learned_variance`` and
+``vlb_weight`` (Nichol & Dhariwal 2021): its models load with fixed variances. Saving writes
+format 3.
 
 Components are ``{"class": <name in its registry>, "config": <constructor arguments>}``, nested
 where an argument is itself a component (:mod:`~diffusionkit.hub.components`). The model's
@@ -100,7 +104,7 @@ EMA_WEIGHTS_NAME = "ema.safetensors"
 SAMPLE_GRID_NAME = "sample_grid.png"
 CARD_NAME = "README.md"
 FORMAT_KEY = "diffusionkit_format"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -383,8 +387,9 @@ def parse_config(config: Any, label: str) -> CheckpointConfig:
     if "net" not in config:
         raise CheckpointError(f"{label}: missing 'net'")
     arguments = {k: v for k, v in config.items() if k not in _META_KEYS}
-    if version == 1 and "x0_processing" in arguments:
-        raise CheckpointError(f"{label}: 'x0_processing' does not exist in format 1")
+    later = sorted(_ADDED_AFTER.get(version, frozenset()) & set(arguments))
+    if later:
+        raise CheckpointError(f"{label}: {later[0]!r} does not exist in format {version}")
     if kind is Kind.NETWORK and set(arguments) != {"net"}:
         raise CheckpointError(
             f"{label}: a network checkpoint holds only 'net', got {', '.join(sorted(arguments))}"
@@ -425,7 +430,10 @@ def _weights_file(entry: Any, where: str) -> WeightsFile:
 
 #: constructor arguments a checkpoint of a format cannot hold (added by a later format): they
 #: take their defaults
-_ADDED_AFTER: dict[int, frozenset[str]] = {1: frozenset({"x0_processing"})}
+_ADDED_AFTER: dict[int, frozenset[str]] = {
+    1: frozenset({"x0_processing", "learned_variance", "vlb_weight"}),
+    2: frozenset({"learned_variance", "vlb_weight"}),
+}
 
 
 def _model_arguments(cls: type) -> list[str]:

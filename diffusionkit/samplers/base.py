@@ -23,6 +23,7 @@ from diffusionkit._random import Generators
 from diffusionkit.chain import Chain
 from diffusionkit.configurable import Component
 from diffusionkit.schedules import StepCoefficients
+from diffusionkit.variance import step_log_variance
 
 __all__ = ["Sampler", "required_x0"]
 
@@ -97,7 +98,13 @@ class Sampler(Component):
                     x = chain.jump_back(x, i)
                 denoised = chain.denoise(x, i)
                 x0 = denoised.x0 if pass_x0 else None
-                x = self.step(denoised.x, denoised.eps, x0, coef, chain.generator)
+                if denoised.variance is not None and coef.index and self.takes_learned_variance:
+                    log_variance = step_log_variance(denoised.variance, coef)
+                    x = self.step_with_variance(
+                        denoised.x, denoised.eps, x0, log_variance, coef, chain.generator
+                    )
+                else:
+                    x = self.step(denoised.x, denoised.eps, x0, coef, chain.generator)
             x = chain.step_done(k, i, x, denoised)
         return x
 
@@ -124,6 +131,27 @@ class Sampler(Component):
             f"{type(self).__name__} implements neither sample() (a solver that owns its loop) "
             "nor step() (a one-step sampler)"
         )
+
+    @property
+    def takes_learned_variance(self) -> bool:
+        """Whether the sampler draws its noise with a model's learned variance
+        (:mod:`diffusionkit.variance`): it implements :meth:`step_with_variance`, which the
+        default loop then calls at every step but the last. Samplers whose variance is part of
+        their definition (DDIM's ``eta``, the ODE and SDE solvers) use the prediction alone."""
+        return type(self).step_with_variance is not Sampler.step_with_variance
+
+    def step_with_variance(
+        self,
+        x_t: Tensor,
+        eps: Tensor,
+        x0: Tensor | None,
+        log_variance: Tensor,
+        coef: StepCoefficients,
+        generator: Generators = None,
+    ) -> Tensor:
+        """:meth:`step` with the model's learned ``log sigma_t²`` ``(B, C, H, W)`` as the
+        variance of the step's noise (Nichol & Dhariwal 2021, eq. 15); ``coef.index > 0``."""
+        raise NotImplementedError(f"{type(self).__name__} has no variance to learn")
 
     def uses_x0(self, coef: StepCoefficients) -> bool:
         """Whether :meth:`step` reads ``x0`` at ``coef``. Where it does not, the default loop

@@ -42,6 +42,14 @@ def _add_noise(mean: Tensor, std: float, x_t: Tensor, generator: Generators) -> 
     return mean.add_(_noise_like(x_t, generator), alpha=std)
 
 
+def _add_learned_noise(
+    mean: Tensor, log_variance: Tensor, x_t: Tensor, generator: Generators
+) -> Tensor:
+    """``mean + exp(log_variance / 2) z``: the noise of a learned variance (``(B, C, H, W)``,
+    Nichol & Dhariwal 2021, eq. 15), accumulated into ``mean`` (a fresh tensor)."""
+    return mean.addcmul_(_noise_like(x_t, generator), log_variance.mul(0.5).exp_())
+
+
 class DDPMSampler(Sampler):
     """Ancestral sampling, Ho et al. 2020, Algorithm 2.
 
@@ -51,6 +59,10 @@ class DDPMSampler(Sampler):
     is given ``x0_hat``: where ``alpha_t = 0`` (the first step of a zero-terminal-SNR schedule,
     where eq. 11 divides by zero), with ``clip_x0``, and when the model processes ``x0_hat``
     (its ``x0_processing``), since the processed ``x0_hat`` is then what the step is built from.
+
+    A model that learns its variance (``DenoiseDiffusion(learned_variance=True)``) draws the
+    noise with its own ``sigma_t²`` instead (Nichol & Dhariwal 2021, eq. 15), so ``variance``
+    then does not apply.
 
     Args:
         variance: ``"posterior"`` (``sigma_t² = beta_tilde_t``) or ``"beta"`` (``= beta_t``).
@@ -75,6 +87,25 @@ class DDPMSampler(Sampler):
         coef: StepCoefficients,
         generator: Generators = None,
     ) -> Tensor:
+        mean = self._mean(x_t, eps, x0, coef)
+        if coef.index == 0:
+            return mean
+        var = coef.posterior_variance if self.variance is Variance.POSTERIOR else coef.beta
+        return _add_noise(mean, var**0.5, x_t, generator)
+
+    def step_with_variance(
+        self,
+        x_t: Tensor,
+        eps: Tensor,
+        x0: Tensor | None,
+        log_variance: Tensor,
+        coef: StepCoefficients,
+        generator: Generators = None,
+    ) -> Tensor:
+        return _add_learned_noise(self._mean(x_t, eps, x0, coef), log_variance, x_t, generator)
+
+    def _mean(self, x_t: Tensor, eps: Tensor, x0: Tensor | None, coef: StepCoefficients) -> Tensor:
+        """``mu_theta(x_t, t)`` ``(B, C, H, W)``, a fresh tensor."""
         if x0 is not None or self.uses_x0(coef):
             # eq. 7's form: from a clipped or processed x0_hat, or where alpha_t = 0 (beta_t = 1:
             # x_t holds no signal and eq. 11's form below divides by zero)
@@ -82,14 +113,10 @@ class DDPMSampler(Sampler):
             if self.clip_x0:
                 x0 = x0.clamp(-1.0, 1.0)
             mean = torch.mul(x_t, coef.posterior_mean_coef_xt)
-            mean.add_(x0, alpha=coef.posterior_mean_coef_x0)
-        else:  # eq. 11: (x_t - beta_t / sqrt(1 - abar_t) eps_hat) / sqrt(alpha_t), two fused ops
-            scale = coef.beta / (1.0 - coef.alpha_cumprod) ** 0.5
-            mean = torch.add(x_t, eps, alpha=-scale).div_(coef.alpha**0.5)
-        if coef.index == 0:
-            return mean
-        var = coef.posterior_variance if self.variance is Variance.POSTERIOR else coef.beta
-        return _add_noise(mean, var**0.5, x_t, generator)
+            return mean.add_(x0, alpha=coef.posterior_mean_coef_x0)
+        # eq. 11: (x_t - beta_t / sqrt(1 - abar_t) eps_hat) / sqrt(alpha_t), two fused ops
+        scale = coef.beta / (1.0 - coef.alpha_cumprod) ** 0.5
+        return torch.add(x_t, eps, alpha=-scale).div_(coef.alpha**0.5)
 
     def uses_x0(self, coef: StepCoefficients) -> bool:
         """Only with ``clip_x0`` or where ``alpha_t = 0``: eq. 11 needs ``eps_hat`` alone (the
@@ -103,6 +130,9 @@ class PosteriorMeanSampler(Sampler):
     ``mu_tilde = c0_t x0_hat + ct_t x_t`` with ``c0_t = sqrt(abar_{t-1}) beta_t / (1 - abar_t)``
     and ``ct_t = sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t)``; then
     ``x_{t-1} = mu_tilde + sqrt(beta_tilde_t) z``.
+
+    A model that learns its variance draws the noise with its own ``sigma_t²`` instead of
+    ``beta_tilde_t`` (Nichol & Dhariwal 2021, eq. 15).
 
     Args:
         clip_x0: clip ``x0_hat`` to ``[-1, 1]`` before forming the mean (keeps samples in range).
@@ -123,14 +153,32 @@ class PosteriorMeanSampler(Sampler):
         coef: StepCoefficients,
         generator: Generators = None,
     ) -> Tensor:
+        mean = self._mean(x0, coef, x_t)
+        if not self.stochastic or coef.index == 0:
+            return mean
+        return _add_noise(mean, coef.posterior_variance**0.5, x_t, generator)
+
+    def step_with_variance(
+        self,
+        x_t: Tensor,
+        eps: Tensor,
+        x0: Tensor | None,
+        log_variance: Tensor,
+        coef: StepCoefficients,
+        generator: Generators = None,
+    ) -> Tensor:
+        mean = self._mean(x0, coef, x_t)
+        if not self.stochastic:
+            return mean
+        return _add_learned_noise(mean, log_variance, x_t, generator)
+
+    def _mean(self, x0: Tensor | None, coef: StepCoefficients, x_t: Tensor) -> Tensor:
+        """``mu_tilde_t(x_t, x0_hat)`` ``(B, C, H, W)`` (eq. 7), a fresh tensor."""
         x0 = required_x0(x0, self)
         if self.clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
         mean = torch.mul(x_t, coef.posterior_mean_coef_xt)
-        mean.add_(x0, alpha=coef.posterior_mean_coef_x0)
-        if not self.stochastic or coef.index == 0:
-            return mean
-        return _add_noise(mean, coef.posterior_variance**0.5, x_t, generator)
+        return mean.add_(x0, alpha=coef.posterior_mean_coef_x0)
 
 
 class DDIMSampler(Sampler):

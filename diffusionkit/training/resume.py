@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 #: parts of the model description (``state.json["model"]``) a resume may not change
-FIXED_MODEL_PARTS = ("net", "schedule", "prediction", "weighting")
+FIXED_MODEL_PARTS = ("net", "schedule", "prediction", "weighting", "learned_variance", "vlb_weight")
 #: ``Trainer`` settings a resume may not change
 FIXED_SETTINGS = ("seed",)
 # settings that are not about the training problem or its optimisation (where files go)

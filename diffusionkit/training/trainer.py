@@ -175,6 +175,8 @@ def _describe(diffusion: DenoiseDiffusion) -> dict[str, Any]:
         "sampler": part(diffusion.sampler),
         "prediction": diffusion.prediction.value,
         "weighting": None if weighting is None else part(weighting),
+        "learned_variance": bool(getattr(diffusion, "learned_variance", False)),
+        "vlb_weight": getattr(diffusion, "vlb_weight", None),
     }
 
 
