@@ -34,7 +34,12 @@ from torch import nn
 
 from diffusionkit.metrics.score import check_images
 
-__all__ = ["INCEPTION_FEATURES", "INSTALL_HINT", "frechet_inception_distance"]
+__all__ = [
+    "INCEPTION_FEATURES",
+    "INSTALL_HINT",
+    "frechet_inception_distance",
+    "require_inception",
+]
 
 #: the command that installs this module's optional dependencies
 INSTALL_HINT = 'pip install "diffusionkit[fid]"'
@@ -78,15 +83,25 @@ def _to_inception_input(images: torch.Tensor) -> torch.Tensor:
     return pixels.expand(-1, 3, -1, -1) if pixels.shape[1] == 1 else pixels
 
 
+def require_inception() -> None:
+    """Check that FID with Inception-v3 features can run: torchmetrics and torch-fidelity.
+
+    Raises:
+        ImportError: one is missing; the message names ``pip install "diffusionkit[fid]"``.
+    """
+    _import("torchmetrics.image.fid", "torchmetrics")
+    if importlib.util.find_spec("torch_fidelity") is None:
+        raise ImportError(
+            f"FID with Inception-v3 features needs torch-fidelity, which is not installed; "
+            f"install it with {INSTALL_HINT} (or pass feature= a network of your own)"
+        )
+
+
 def _metric(feature: nn.Module | None, example: torch.Tensor) -> Any:
     """torchmetrics' ``FrechetInceptionDistance`` with ``feature`` (or Inception) in float64."""
     fid = _import("torchmetrics.image.fid", "torchmetrics")
     if feature is None:
-        if importlib.util.find_spec("torch_fidelity") is None:
-            raise ImportError(
-                f"FID with Inception-v3 features needs torch-fidelity, which is not installed; "
-                f"install it with {INSTALL_HINT} (or pass feature= a network of your own)"
-            )
+        require_inception()
         metric = fid.FrechetInceptionDistance(feature=INCEPTION_FEATURES, normalize=False)
         metric.inception = _Float64Features(metric.inception, INCEPTION_FEATURES)
         return metric
