@@ -84,8 +84,10 @@ def frechet_distance_from_stats(
     Heusel et al. 2017, eq. 6).
 
     Args:
-        mu1, mu2: means ``[D]``.
-        sigma1, sigma2: covariances ``[D x D]`` (symmetric positive semi-definite).
+        mu1: mean ``[D]`` of the first set.
+        sigma1: its covariance ``[D x D]`` (symmetric positive semi-definite).
+        mu2: mean ``[D]`` of the second set.
+        sigma2: its covariance ``[D x D]``.
         method: how to compute the trace of the matrix square root (see :class:`SqrtMethod`).
         eps: diagonal offset for :attr:`SqrtMethod.SCIPY_SQRTM` if the product is singular.
 

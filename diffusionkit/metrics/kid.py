@@ -40,7 +40,8 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     """Unbiased estimate of MMD^2 (Gretton et al. 2012, eq. 3) with :func:`polynomial_kernel`.
 
     Args:
-        x: ``[m x D]``; y: ``[n x D]``; both m, n >= 2.
+        x: ``[m x D]``, ``m >= 2``.
+        y: ``[n x D]``, ``n >= 2``.
     """
     m, n = x.shape[0], y.shape[0]
     k_xx, k_yy, k_xy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
@@ -63,7 +64,8 @@ def kernel_inception_distance(
     unbiased, so it may be slightly negative when the distributions agree.
 
     Args:
-        features1: ``[N1 x D]``; features2: ``[N2 x D]``.
+        features1: ``[N1 x D]``.
+        features2: ``[N2 x D]``.
         num_subsets: number of subset pairs.
         subset_size: rows per subset.
         seed: seeds a private ``numpy.random.Generator`` for the subset draws.

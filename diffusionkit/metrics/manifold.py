@@ -78,7 +78,8 @@ def manifold_metrics(
     real balls and are robust to that.
 
     Args:
-        real_features: ``[N x D]``; fake_features: ``[M x D]``.
+        real_features: ``[N x D]``.
+        fake_features: ``[M x D]``.
         k: neighbourhood size (Kynkäänniemi et al. use 3; Naeem et al. recommend 5).
         batch_size: rows per distance block (memory is ``batch_size x max(N, M)`` float64).
     """

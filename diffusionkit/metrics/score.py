@@ -100,8 +100,9 @@ def score(
             the held-out images of ``load_dataset("digits", image_size=8, train=False)``).
         classifier: a :class:`~diffusionkit.metrics.classifier.SmallCNN`; by default the
             shipped classifier matching the image size (8 -> digits, 28 -> fashion-mnist).
-        kid_subsets, kid_subset_size: see :func:`kernel_inception_distance`.
-        k: neighbourhood size for :func:`precision_recall`.
+        kid_subsets: subsets for :func:`~diffusionkit.metrics.kid.kernel_inception_distance`.
+        kid_subset_size: images per subset (at most the smaller set's size).
+        k: neighbourhood size for :func:`~diffusionkit.metrics.manifold.manifold_metrics`.
         seed: seeds KID's subset draws.
 
     Returns:
