@@ -17,6 +17,7 @@ from diffusionkit.utils.atomic import atomic_save, atomic_write_bytes
 __all__ = [
     "TARGETS",
     "chart",
+    "likelihood_chart",
     "load_results",
     "markdown",
     "replace_section",
@@ -384,6 +385,37 @@ def _conditional_md(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _likelihood_md(r: dict[str, Any]) -> list[str]:
+    rows = r["rows"]
+    calls = r["calls"]
+    lines = [
+        f"Two models trained alike (`{r['command']}`, the main job's settings); bits/dim of "
+        "the bound on the 359 held-out digits (8-bit, all T terms; mean ± standard error); FD "
+        f"of {r['n_samples']} samples of the model's DDPM sampler (which uses the learned "
+        f"variance) at each number of network calls, mean of seeds {r['seeds']} (lower is "
+        "better).",
+        "",
+        "| variance | bits/dim | "
+        + " | ".join(f"FD, {c} calls" for c in calls)
+        + " | NLL time / sampling time (64 images, all T) |",
+        "|---|---|" + "---|" * len(calls) + "---|",
+    ]
+    for name, row in rows.items():
+        fds = " | ".join(f"{row['fd'][str(c)]['fd']:.3f}" for c in calls)
+        lines.append(
+            f"| {name} | {row['bpd']:.3f} ± {row['bpd_stderr']:.3f} | {fds} | "
+            f"{row['cost']['ratio']:.2f} |"
+        )
+    worst_ratio = max(row["cost"]["ratio"] for row in rows.values())
+    lines += [
+        "",
+        f"Learned variance lowers bits/dim: {_mark(r['bpd_met'])}. Learned variance wins on FD "
+        f"at {r['fd_calls']} calls with the same sampler: {_mark(r['fd_met'])}. NLL over all T "
+        f"terms within 2x of sampling with all T steps: {_mark(worst_ratio <= 2.0)}.",
+    ]
+    return lines
+
+
 _SECTIONS = {
     "speed": ("1. Network speed, same weights", _speed_md),
     "sampling_overhead": ("2. Sampling loop overhead", _overhead_md),
@@ -393,6 +425,7 @@ _SECTIONS = {
     "solvers": ("6. Quality against network calls: few-step solvers", _solvers_md),
     "levers": ("Performance levers", _levers_md),
     "conditional": ("7. Conditional models: guidance and super-resolution", _conditional_md),
+    "likelihood": ("8. Learned variances: likelihood and quality", _likelihood_md),
 }
 
 
@@ -590,6 +623,38 @@ def solvers_chart(r: dict[str, Any], path: Path) -> None:
     labels += ["diffusionkit (solid)", "diffusers (dashed)"]
     fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
+    try:
+        atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=72, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def likelihood_chart(r: dict[str, Any], path: Path) -> None:
+    """Benchmark 8 for the likelihood page: the bound's terms against the timestep, and FD
+    against network calls, fixed and learned variances."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, row in r["rows"].items():
+        terms = row["terms_by_timestep"]
+        left.plot(range(1, len(terms) + 1), terms, label=f"{name}: {row['bpd']:.3f} bits/dim")
+        right.plot(r["calls"], [row["fd"][str(c)]["fd"] for c in r["calls"]], "o-", label=name)
+    left.set_xscale("log")
+    left.set_yscale("log")
+    left.set_xlabel("step t (paper numbering; t = 1 is the decoder)")
+    left.set_ylabel("mean term of the bound (bits/dim)")
+    left.set_title("Where the bits go: held-out digits", fontsize=10)
+    left.legend(fontsize=8)
+    right.set_xscale("log")
+    right.set_xticks(r["calls"], [str(c) for c in r["calls"]])
+    right.set_xlabel("network calls (DDPM ancestral sampler)")
+    right.set_ylabel("Frechet distance (classifier features)")
+    right.set_title("Sample quality against calls", fontsize=10)
+    right.legend(fontsize=8)
+    fig.tight_layout()
     try:
         atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=72, format="png"))
     finally:

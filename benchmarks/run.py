@@ -37,6 +37,7 @@ import torch  # noqa: E402
 from benchmarks import (  # noqa: E402
     conditional,
     levers,
+    likelihood,
     memory,
     quality_budget,
     quality_fashion,
@@ -64,12 +65,14 @@ BENCHMARKS = {
         solvers,
         levers,
         conditional,
+        likelihood,
     )
 }
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = (ROOT / "benchmarks" / "README.md", ROOT / "docs" / "performance.md")
 DOCS_CHART = ROOT / "docs" / "assets" / "performance.png"  # the docs site cannot reach results/
 DOCS_SOLVERS_CHART = ROOT / "docs" / "assets" / "solvers.png"  # the "Choosing a sampler" page
+DOCS_LIKELIHOOD_CHART = ROOT / "docs" / "assets" / "likelihood.png"  # the likelihood page
 
 
 def _now() -> str:
@@ -216,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         if "solvers" in results["benchmarks"]:
             report.solvers_chart(results["benchmarks"]["solvers"]["result"], DOCS_SOLVERS_CHART)
             ctx.log(f"updated {DOCS_SOLVERS_CHART.relative_to(ROOT)}")
+        if "likelihood" in results["benchmarks"]:
+            report.likelihood_chart(
+                results["benchmarks"]["likelihood"]["result"], DOCS_LIKELIHOOD_CHART
+            )
+            ctx.log(f"updated {DOCS_LIKELIHOOD_CHART.relative_to(ROOT)}")
     return 0
 
 

@@ -104,9 +104,11 @@ def variational_term(
     Args:
         out: the network's prediction ``(B, C, H, W)`` (its first ``C`` channels).
         v: its variance value ``(B, C, H, W)`` (the last ``C``).
-        x0, x_t: the data and its noised version, ``(B, C, H, W)``.
+        x0: the data, ``(B, C, H, W)``.
+        x_t: its noised version, ``(B, C, H, W)``.
         t: ``(B,)`` int64 timesteps.
-        a, b: ``sqrt(abar_t)``, ``sqrt(1 - abar_t)``, ``(B, 1, 1, 1)``.
+        a: ``sqrt(abar_t)``, ``(B, 1, 1, 1)``.
+        b: ``sqrt(1 - abar_t)``, ``(B, 1, 1, 1)``.
         prediction: what ``out`` is.
         schedule: the model's schedule.
     """

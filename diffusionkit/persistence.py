@@ -290,7 +290,9 @@ class PretrainedMixin:
         Raises:
             ValueError: the model has no diffusers counterpart (a network other than
                 :class:`~diffusionkit.UNet`, class conditioning, a schedule or sampler that
-                ``DDPMScheduler`` cannot express); the message says which.
+                ``DDPMScheduler`` cannot express, a UNet whose ``out_channels`` is not
+                ``in_channels``, or ``2 * in_channels`` with ``learned_variance``, which
+                exports as ``variance_type="learned_range"``); the message says which.
         """
         return checkpoint_io().save_diffusers(
             _module(self), directory, sample_size=sample_size, ema=ema

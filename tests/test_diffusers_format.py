@@ -257,12 +257,16 @@ def test_unrepresentable_unet_configs_are_refused(
         ({"beta_schedule": "sigmoid"}, "beta_schedule"),
         ({"trained_betas": [0.1, 0.2]}, "trained_betas"),
         ({"variance_type": "fixed_large_log"}, "variance_type"),
-        ({"variance_type": "learned_range"}, "variance_type"),
+        ({"variance_type": "learned"}, "variance_type"),
+        ({"variance_type": "learned_range"}, "variance_type"),  # a 3-channel UNet
         ({"thresholding": "yes"}, "thresholding"),
         ({"thresholding": True, "sample_max_value": 0.5}, "thresholding"),
         ({"clip_sample": True, "clip_sample_range": 2.0}, "clip_sample_range"),
         ({"rescale_betas_zero_snr": "yes"}, "rescale_betas_zero_snr"),
         ({"prediction_type": "flow"}, "prediction_type"),
+        # JSON values that are no names at all (a list cannot even be looked up)
+        ({"variance_type": ["fixed_small"]}, "variance_type"),
+        ({"prediction_type": {"epsilon": 1}}, "prediction_type"),
         ({"_class_name": "DDIMScheduler"}, "DDIMScheduler"),
     ],
 )

@@ -204,6 +204,7 @@ def test_checkpoints_keep_the_learned_variance_and_older_formats_load_fixed(tmp_
     model.save_pretrained(tmp_path / "m")
     loaded = DenoiseDiffusion.from_pretrained(tmp_path / "m")
     assert loaded.learned_variance and loaded.vlb_weight == 0.002
+    assert "| reverse variance | learned" in (tmp_path / "m" / "README.md").read_text()
     x = torch.rand(2, 1, 8, 8, generator=seeded(9)) * 2 - 1
     assert torch.equal(loaded.loss(x, generator=seeded(10)), model.loss(x, generator=seeded(10)))
     # a format-2 config (before learned variances) loads with fixed variances

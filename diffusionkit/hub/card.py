@@ -25,6 +25,7 @@ class CardFacts:
     schedule: str | None
     sampler: str | None
     prediction: str | None
+    learned_variance: bool
     has_ema: bool
     sample_grid: str | None
     source: str  # repo id or path for the usage example
@@ -56,6 +57,7 @@ class CardFacts:
             schedule=show(config.get("schedule")),
             sampler=show(config.get("sampler")),
             prediction=config.get("prediction"),
+            learned_variance=config.get("learned_variance") is True,
             has_ema="ema" in config["weights"],
             sample_grid=config.get("sample_grid"),
             source=source,
@@ -90,6 +92,11 @@ def render_card(facts: CardFacts) -> str:
         lines.append(f"| schedule | `{facts.schedule}` |")
         lines.append(f"| sampler | `{facts.sampler}` |")
         lines.append(f"| prediction | `{facts.prediction}` |")
+        if facts.learned_variance:
+            lines.append(
+                "| reverse variance | learned (improved DDPM, "
+                "[Nichol & Dhariwal 2021](https://arxiv.org/abs/2102.09672)) |"
+            )
     weights = (
         "EMA (`ema.safetensors`, loaded by default) and raw (`model.safetensors`)"
         if facts.has_ema

@@ -9,6 +9,12 @@ A pipeline folder (e.g. ``google/ddpm-cifar10-32``)::
 
 A ``UNet2DModel`` folder is what ``unet/`` holds. Pickled ``.bin`` weights are read only with
 ``allow_pickle=True``, and then with ``torch.load(weights_only=True)``.
+
+The UNet's channels must agree with the scheduler: ``out_channels = in_channels``, or
+``out_channels = 2 * in_channels`` with ``variance_type="learned_range"`` (a network that learns
+its variance, which loads as ``DenoiseDiffusion(learned_variance=True)``). diffusers itself
+splits the output only for a learned variance type, so any other pairing breaks its sampling
+loop; both are checked before any weights are read, and on export.
 """
 
 from __future__ import annotations
@@ -89,14 +95,26 @@ def _read_unet_weights(
     return read_pickled(path, source.label(pickled)), source.label(pickled)
 
 
-def load_unet(source: Source, root: Path, folder: str, *, allow_pickle: bool) -> UNet:
-    """Build a :class:`~diffusionkit.UNet` from a ``UNet2DModel`` folder (``folder`` in ``root``)."""
+def _unet_config(source: Source, root: Path, folder: str) -> tuple[dict[str, Any], str]:
+    """The :class:`~diffusionkit.UNet` arguments of ``folder``'s ``config.json``, and its label."""
     name = _join(folder, _CONFIG)
     path = source.path(root, name)
     if path is None:
         raise CheckpointNotFoundError(f"{source.label(name)}: file not found")
     label = source.label(name)
-    config = unet_config_from_diffusers(read_json(path, label), label)
+    return unet_config_from_diffusers(read_json(path, label), label), label
+
+
+def load_unet(source: Source, root: Path, folder: str, *, allow_pickle: bool) -> UNet:
+    """Build a :class:`~diffusionkit.UNet` from a ``UNet2DModel`` folder (``folder`` in ``root``)."""
+    config, label = _unet_config(source, root, folder)
+    return _build_unet(source, folder, config, label, allow_pickle=allow_pickle)
+
+
+def _build_unet(
+    source: Source, folder: str, config: dict[str, Any], label: str, *, allow_pickle: bool
+) -> UNet:
+    """The UNet of ``config`` (read from ``label``) with ``folder``'s weights."""
     try:
         with torch.device("meta"):  # no memory, no initialization: the file sets every tensor
             net = UNet(**config)
@@ -140,10 +158,44 @@ def load_pipeline(
         raise CheckpointNotFoundError(f"{source.label(SCHEDULER_CONFIG)}: file not found")
     label = source.label(SCHEDULER_CONFIG)
     parts = components_from_scheduler(read_json(scheduler_path, label), label)
-    net = load_unet(source, root, "unet", allow_pickle=allow_pickle)
+    config, unet_label = _unet_config(source, root, "unet")
+    _check_channels(config, parts.learned_variance, label, unet_label)
+    net = _build_unet(source, "unet", config, unet_label, allow_pickle=allow_pickle)
     return cls(
-        net, parts.schedule, parts.sampler, parts.prediction, x0_processing=parts.x0_processing
+        net,
+        parts.schedule,
+        parts.sampler,
+        parts.prediction,
+        x0_processing=parts.x0_processing,
+        learned_variance=parts.learned_variance,
     )
+
+
+def _check_channels(
+    unet: Mapping[str, Any], learned_variance: bool, scheduler_label: str, unet_label: str
+) -> None:
+    """Raise ``CheckpointError`` unless the UNet's (``unet``, its arguments read from
+    ``unet_label``) output channels suit the scheduler: ``2 * in_channels`` for
+    ``variance_type="learned_range"``, else ``in_channels``."""
+    in_channels, out_channels = unet["in_channels"], unet["out_channels"]
+    channels = f"{unet_label} has in_channels={in_channels}, out_channels={out_channels}"
+    if learned_variance and out_channels != 2 * in_channels:
+        raise CheckpointError(
+            f"{scheduler_label}: variance_type='learned_range' needs a UNet2DModel with "
+            f"out_channels = 2 * in_channels (the prediction, then the variance value), but "
+            f"{channels}. Fix the scheduler's variance_type or the UNet"
+        )
+    if not learned_variance and out_channels != in_channels:
+        hint = (
+            ": a UNet with twice its input channels learns its variance, for "
+            "variance_type='learned_range'"
+            if out_channels == 2 * in_channels
+            else ""
+        )
+        raise CheckpointError(
+            f"{scheduler_label}: this variance_type needs a UNet2DModel with out_channels = "
+            f"in_channels, but {channels}{hint}"
+        )
 
 
 # ----------------------------------------------------------------------------- export
@@ -211,7 +263,16 @@ def save_pipeline(
 ) -> Path:
     """Write a ``DDPMPipeline`` folder that ``DDPMPipeline.from_pretrained`` loads."""
     unet = _unet(model.net)
-    diffusers_unet_config(unet, sample_size)  # fail before touching the disk
+    config = diffusers_unet_config(unet, sample_size)  # fail before touching the disk
+    channels_in, channels_out = config["in_channels"], config["out_channels"]
+    wanted = 2 * channels_in if model.learned_variance else channels_in
+    if channels_out != wanted:
+        what = "with" if model.learned_variance else "without"
+        raise ValueError(
+            f"cannot export to diffusers: a model {what} learned_variance needs a UNet with "
+            f"out_channels = {wanted}, got in_channels={channels_in}, "
+            f"out_channels={channels_out} (DDPMPipeline could not sample with it)"
+        )
     _refuse_foreign(directory, MODEL_INDEX, "DDPMPipeline")
     _refuse_foreign(directory, UNET_CONFIG, "UNet2DModel")
     _refuse_foreign(directory, SCHEDULER_CONFIG, "DDPMScheduler")
@@ -222,7 +283,7 @@ def save_pipeline(
             "another folder"
         )
     scheduler = diffusers_scheduler_config(
-        model.schedule, model.sampler, model.prediction, model.x0_processing
+        model.schedule, model.sampler, model.prediction, model.x0_processing, model.learned_variance
     )
     index = {
         "_class_name": "DDPMPipeline",

@@ -10,6 +10,12 @@ A ``DDPMScheduler`` config says three things diffusionkit keeps in separate obje
   Algorithm 1);
 * the reverse step (``variance_type``): :class:`~diffusionkit.DDPMSampler` with
   ``variance="posterior"`` (``fixed_small``, ``beta_tilde``) or ``"beta"`` (``fixed_large``);
+  ``learned_range`` is a network that learns its variance (Nichol & Dhariwal 2021, eq. 15;
+  :mod:`~diffusionkit.variance`), ``DenoiseDiffusion(learned_variance=True)`` with a
+  ``DDPMSampler``: the UNet's second half of output channels is ``v`` in ``[-1, 1]``, and
+  ``log sigma_t² = frac log beta_t + (1 - frac) log beta_tilde_t``, ``frac = (v + 1) / 2``, in
+  both libraries (on respaced timesteps, both take ``beta_t`` and ``beta_tilde_t`` of the
+  respaced schedule, as improved-diffusion does);
 * what the model does to ``x0_hat`` (``clip_sample``, ``thresholding``): the model's
   ``x0_processing``, :class:`~diffusionkit.ClipX0` or
   :class:`~diffusionkit.DynamicThreshold` (``dynamic_thresholding_ratio``,
@@ -21,8 +27,11 @@ A ``DDPMScheduler`` config says three things diffusionkit keeps in separate obje
 * what the network predicts (``prediction_type``): epsilon, sample (x0) or v_prediction.
 
 Everything else (other beta schedules, including diffusers' "sigmoid", which is not
-diffusionkit's; explicit betas; learned variances; a clip range other than 1) raises
-:class:`~diffusionkit.hub.errors.CheckpointError`: no silent approximation.
+diffusionkit's; explicit betas; ``variance_type="learned"`` and ``"fixed_large_log"``; a clip
+range other than 1) raises :class:`~diffusionkit.hub.errors.CheckpointError`: no silent
+approximation. ``"learned"`` is refused because the name does not say what the network
+outputs: diffusers' step reads it as the variance ``sigma_t²`` itself (and takes its square
+root, so an output below 0 samples NaN), improved-diffusion's ``LEARNED`` as ``log sigma_t²``.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ from diffusionkit.schedules import (
 from diffusionkit.thresholding import ClipX0, DynamicThreshold, X0Processing
 
 __all__ = [
+    "LEARNED_RANGE",
     "SCHEDULER_DEFAULTS",
     "SchedulerParts",
     "components_from_scheduler",
@@ -79,6 +89,22 @@ _VARIANCES = {
     "fixed_small_log": Variance.POSTERIOR,
     "fixed_large": Variance.BETA,
 }
+#: the model learns its variance (DenoiseDiffusion(learned_variance=True)); the DDPMSampler's
+#: own variance then does not apply, and a loaded model gets the default, "posterior"
+LEARNED_RANGE = "learned_range"
+#: why each other variance_type of DDPMScheduler is refused
+_REFUSED_VARIANCES = {
+    "learned": (
+        "diffusers' DDPMScheduler reads the network's second half of output channels as the "
+        "variance sigma_t^2 itself and takes its square root (an output below 0 samples NaN), "
+        "while improved-diffusion's 'learned' reads it as log sigma_t^2: the name does not say "
+        "what the network was trained to output. diffusionkit learns variances as improved "
+        "DDPM's interpolation, variance_type='learned_range'"
+    ),
+    "fixed_large_log": (
+        "diffusers' step takes the square root of log(beta_t), which is negative: it samples NaN"
+    ),
+}
 _COSINE_S, _COSINE_MAX_BETA = 0.008, 0.999  # diffusers' squaredcos_cap_v2 constants
 
 
@@ -90,12 +116,17 @@ def _number(value: Any, name: str, label: str) -> float:
 
 @dataclass(frozen=True)
 class SchedulerParts:
-    """What a ``DDPMScheduler`` config says, as diffusionkit's separate objects."""
+    """What a ``DDPMScheduler`` config says, as diffusionkit's separate objects.
+
+    ``learned_variance`` (``variance_type="learned_range"``): the UNet must have
+    ``out_channels = 2 * in_channels``; otherwise ``out_channels = in_channels``.
+    """
 
     schedule: NoiseSchedule
     sampler: Sampler
     prediction: Prediction
     x0_processing: X0Processing | None
+    learned_variance: bool = False
 
 
 def components_from_scheduler(config: Mapping[str, Any], label: str) -> SchedulerParts:
@@ -154,10 +185,12 @@ def components_from_scheduler(config: Mapping[str, Any], label: str) -> Schedule
     if cfg["rescale_betas_zero_snr"]:
         schedule = ZeroTerminalSNRSchedule(schedule)
 
-    if cfg["variance_type"] not in _VARIANCES:
-        raise unsupported(
-            "variance_type", "supported: 'fixed_small', 'fixed_small_log', 'fixed_large'"
-        )
+    variance_type = cfg["variance_type"]
+    learned = variance_type == LEARNED_RANGE
+    if not learned and (not isinstance(variance_type, str) or variance_type not in _VARIANCES):
+        why = _REFUSED_VARIANCES.get(variance_type) if isinstance(variance_type, str) else None
+        supported = "supported: 'fixed_small', 'fixed_small_log', 'fixed_large', 'learned_range'"
+        raise unsupported("variance_type", f"{why}; {supported}" if why else supported)
     threshold, clip = cfg["thresholding"], cfg["clip_sample"]
     for key, value in (("thresholding", threshold), ("clip_sample", clip)):
         if not isinstance(value, bool):
@@ -174,11 +207,13 @@ def components_from_scheduler(config: Mapping[str, Any], label: str) -> Schedule
         if _number(cfg["clip_sample_range"], "clip_sample_range", label) != 1.0:
             raise unsupported("clip_sample_range", "x0 is clipped to [-1, 1] only")
         x0_processing = ClipX0()
-    sampler = DDPMSampler(_VARIANCES[cfg["variance_type"]], clip_x0=clip and not threshold)
+    variance = Variance.POSTERIOR if learned else _VARIANCES[variance_type]
+    sampler = DDPMSampler(variance, clip_x0=clip and not threshold)
 
-    if cfg["prediction_type"] not in _PREDICTIONS:
+    if not isinstance(cfg["prediction_type"], str) or cfg["prediction_type"] not in _PREDICTIONS:
         raise unsupported("prediction_type", "supported: 'epsilon', 'sample', 'v_prediction'")
-    return SchedulerParts(schedule, sampler, _PREDICTIONS[cfg["prediction_type"]], x0_processing)
+    prediction = _PREDICTIONS[cfg["prediction_type"]]
+    return SchedulerParts(schedule, sampler, prediction, x0_processing, learned)
 
 
 def diffusers_scheduler_config(
@@ -186,9 +221,14 @@ def diffusers_scheduler_config(
     sampler: Sampler,
     prediction: Prediction,
     x0_processing: X0Processing | None = None,
+    learned_variance: bool = False,
 ) -> dict[str, Any]:
     """The ``DDPMScheduler`` config (every field explicit) of a schedule, sampler, prediction
     type and x0 processing.
+
+    With ``learned_variance`` (a model whose network learns its variance), ``variance_type``
+    is ``"learned_range"`` whatever the sampler's own ``variance``, which such a model does not
+    use; the network must then have ``out_channels = 2 * in_channels``.
 
     Raises:
         ValueError: a component has no ``DDPMScheduler`` counterpart.
@@ -228,6 +268,8 @@ def diffusers_scheduler_config(
             f"cannot export the sampler {sampler!r} to diffusers: DDPMScheduler takes ancestral "
             "DDPM steps (DDPMSampler, or a stochastic PosteriorMeanSampler)"
         )
+    if learned_variance:  # both samplers draw with the learned variance: DDPMScheduler's step
+        variance = LEARNED_RANGE
     threshold = {
         "thresholding": False,
         "dynamic_thresholding_ratio": 0.995,

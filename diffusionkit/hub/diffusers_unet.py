@@ -6,6 +6,10 @@ exactly: same layers, same order, same arithmetic. Anything else a ``UNet2DModel
 say (other block types, another activation, Fourier time embeddings, scale-shift norms, input
 centering, a scaled mid block, class embeddings...) has no exact counterpart and raises
 :class:`~diffusionkit.hub.errors.CheckpointError` naming the field; nothing is approximated.
+
+``out_channels`` is taken as given: ``2 * in_channels`` is a network that learns its variance
+(the prediction, then the variance value), which a pipeline's scheduler must then call
+``learned_range`` (checked in :mod:`~diffusionkit.hub.diffusers_pipeline`).
 """
 
 from __future__ import annotations
