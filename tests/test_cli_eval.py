@@ -207,3 +207,11 @@ def test_eval_with_inception_features_names_the_extra_before_sampling(tiny, caps
         "--features", "inception", "--json", "none",
     )  # fmt: skip
     assert_one_line_error(code, err, 1, 'pip install "diffusionkit[fid]"')
+
+
+def test_eval_nll_alone_draws_no_samples(tiny, capsys):
+    out, record = evaluate(capsys, tiny, "--image-size", "8", "-n", "3", "--nll")
+    rows = [line.split()[0] for line in out.splitlines()[2:-1]]
+    assert rows == ["nll"]  # no sample-quality rows, no real-images note
+    assert (record["sampler"], record["steps"], record["features"]) == (None, None, None)
+    assert record["scores"]["real"] is None and record["n"] == 3

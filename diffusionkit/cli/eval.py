@@ -248,8 +248,10 @@ def _take(dataset: Any, n: int) -> tuple[Any, Any]:
     return torch.stack([item[0] for item in items]), torch.stack([item[1] for item in items])
 
 
-def load_data(data: str, size: int, channels: int, n: int | None) -> EvalData:
-    """The held-out images (and, for built-ins, training images) of ``--data``.
+def load_data(
+    data: str, size: int, channels: int, n: int | None, with_train: bool = True
+) -> EvalData:
+    """The held-out images of ``--data``, and for built-ins (``with_train``) training images.
 
     Raises:
         CLIError: unknown data, a size the data cannot be brought to, or too few images.
@@ -268,9 +270,11 @@ def load_data(data: str, size: int, channels: int, n: int | None) -> EvalData:
             )
         heldout = load_dataset(builtin, image_size=size, channels=channels, train=False)
         count = _count(n, len(heldout), f"the held-out split of {builtin}", (size, channels))
-        train = load_dataset(builtin, image_size=size, channels=channels, train=True)
         images, labels = _take(heldout, count)
-        train_images, train_labels = _take(train, min(count, len(train)))
+        train_images = train_labels = None
+        if with_train:
+            train = load_dataset(builtin, image_size=size, channels=channels, train=True)
+            train_images, train_labels = _take(train, min(count, len(train)))
         described = f"{count} held-out images of {builtin}"
         return EvalData(data, images, labels, train_images, train_labels, builtin, described)
     folder = Path(data).expanduser()
@@ -602,7 +606,7 @@ def run(args: argparse.Namespace) -> int:
             f"--nll-steps {args.nll_steps}: the model has only {model.timesteps} timesteps",
             EXIT_USAGE,
         )
-    data = load_data(args.data, size, channels, args.num)
+    data = load_data(args.data, size, channels, args.num, with_train=args.fd)
     space = feature_space(args.features, data, device) if args.fd else None
     if space is not None:
         space.check(size, channels)
