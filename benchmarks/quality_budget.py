@@ -99,11 +99,11 @@ class Budget:
     dataset: str = "digits"
 
     def __post_init__(self) -> None:
-        from benchmarks.quality.features import DATASET_IMAGE_SIZES
+        from diffusionkit.metrics import SHIPPED_CLASSIFIERS
 
-        if self.dataset not in DATASET_IMAGE_SIZES:
+        if self.dataset not in SHIPPED_CLASSIFIERS:
             raise ValueError(
-                f"unknown dataset {self.dataset!r}; known: {sorted(DATASET_IMAGE_SIZES)}"
+                f"unknown dataset {self.dataset!r}; known: {sorted(SHIPPED_CLASSIFIERS)}"
             )
         if list(self.checkpoints) != sorted(set(self.checkpoints)) or self.checkpoints[0] < 1:
             raise ValueError(f"checkpoints must be ascending positive ints, got {self.checkpoints}")
@@ -113,9 +113,9 @@ class Budget:
     @property
     def image(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of the dataset's images."""
-        from benchmarks.quality.features import DATASET_IMAGE_SIZES
+        from diffusionkit.metrics import SHIPPED_CLASSIFIERS
 
-        size = DATASET_IMAGE_SIZES[self.dataset]
+        size = SHIPPED_CLASSIFIERS[self.dataset]
         return (1, size, size)
 
 

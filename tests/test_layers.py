@@ -18,7 +18,13 @@ import diffusionkit
 
 PACKAGE = Path(diffusionkit.__file__).parent
 #: packages above the core, which may import anything below them
-ABOVE_CORE = ("diffusionkit.hub", "diffusionkit.training", "diffusionkit.cli", "diffusionkit.data")
+ABOVE_CORE = (
+    "diffusionkit.hub",
+    "diffusionkit.training",
+    "diffusionkit.cli",
+    "diffusionkit.data",
+    "diffusionkit.metrics",  # loads its classifiers with the hub's strict safetensors reader
+)
 
 
 def _module_name(path: Path) -> str:

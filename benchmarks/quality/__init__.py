@@ -1,9 +1,9 @@
 """Sample-quality scoring for the benchmarks, offline (no Inception weights).
 
-Features come from small CNN classifiers trained on the benchmark datasets
-(``features.py``, weights in ``benchmarks/assets``); metrics are the Frechet distance
-(Heusel et al. 2017), KID (Binkowski et al. 2018) and improved precision / recall
-(Kynkäänniemi et al. 2019) in that feature space (``metrics.py``).
+The metrics and the shipped feature classifiers are :mod:`diffusionkit.metrics` (re-exported
+here for the benchmarks); this package adds the benchmarks' own fixed splits (``digits.py``,
+``fashion.py``, ``splits.py``), the calibration scores (``calibrate.py``) and the script that
+trains the classifiers (``train_classifier.py``).
 
 Usage::
 
@@ -14,23 +14,21 @@ Usage::
     result["fd"], result["kid"], result["precision"], result["recall"]
 """
 
+from benchmarks.quality.calibrate import calibration, fitted_gaussian_samples
 from benchmarks.quality.digits import ImageSplit, digits_split
-from benchmarks.quality.features import (
-    ClassifierConfig,
-    SmallCNN,
-    dataset_split,
-    extract_features,
-    load_classifier,
-)
-from benchmarks.quality.metrics import (
+from benchmarks.quality.splits import dataset_split
+from diffusionkit.metrics import (
     KID,
+    ClassifierConfig,
     ManifoldMetrics,
+    SmallCNN,
     SqrtMethod,
-    calibration,
+    extract_features,
     feature_statistics,
     frechet_distance,
     frechet_distance_from_stats,
     kernel_inception_distance,
+    load_classifier,
     manifold_metrics,
     precision_recall,
     score,
@@ -49,6 +47,7 @@ __all__ = [
     "digits_split",
     "extract_features",
     "feature_statistics",
+    "fitted_gaussian_samples",
     "frechet_distance",
     "frechet_distance_from_stats",
     "kernel_inception_distance",

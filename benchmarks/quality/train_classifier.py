@@ -1,4 +1,4 @@
-"""Train the feature classifiers shipped in ``benchmarks/assets`` and print calibration scores.
+"""Train the feature classifiers shipped in ``diffusionkit/metrics/weights`` and print calibration scores.
 
 Run from the repository root::
 
@@ -22,18 +22,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.quality.features import (
-    ASSETS_DIR,
-    DATASET_IMAGE_SIZES,
+from benchmarks.quality.calibrate import calibration
+from benchmarks.quality.splits import dataset_split
+from diffusionkit.metrics import (
+    SHIPPED_CLASSIFIERS,
     ClassifierConfig,
     SmallCNN,
-    asset_paths,
-    dataset_split,
+    classifier_accuracy,
+    classifier_files,
     init_weights,
     load_classifier,
     save_classifier,
 )
-from benchmarks.quality.metrics import calibration
+from diffusionkit.metrics.shipped import WEIGHTS_DIR
 
 
 @dataclass(frozen=True)
@@ -77,17 +78,6 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
     return padded[batch, channel, rows, cols]
 
 
-@torch.no_grad()
-def accuracy(model: SmallCNN, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Top-1 accuracy of ``model`` on ``images`` ``[N x C x H x W]`` with ``labels`` ``[N]``."""
-    model.eval()
-    correct = sum(
-        int((model(images[i : i + 1000]).argmax(1) == labels[i : i + 1000]).sum())
-        for i in range(0, images.shape[0], 1000)
-    )
-    return correct / images.shape[0]
-
-
 def train_classifier(dataset: str, config: TrainingConfig | None = None) -> tuple[SmallCNN, dict]:
     """Train the classifier for ``dataset`` on its training split.
 
@@ -127,8 +117,8 @@ def train_classifier(dataset: str, config: TrainingConfig | None = None) -> tupl
         "train_seconds": round(seconds, 1),
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
-        "train_accuracy": accuracy(model, split.train_images, split.train_labels),
-        "heldout_accuracy": accuracy(model, split.test_images, split.test_labels),
+        "train_accuracy": classifier_accuracy(model, split.train_images, split.train_labels),
+        "heldout_accuracy": classifier_accuracy(model, split.test_images, split.test_labels),
         "n_train": int(split.train_images.shape[0]),
         "n_heldout": int(split.test_images.shape[0]),
         "n_parameters": sum(p.numel() for p in model.parameters()),
@@ -139,7 +129,7 @@ def train_classifier(dataset: str, config: TrainingConfig | None = None) -> tupl
 def summarize_calibration(
     dataset: str, n_samples: int, seeds: list[int], classifier: SmallCNN | None = None
 ) -> dict:
-    """Run :func:`~benchmarks.quality.metrics.calibration` per seed; print and return mean, std.
+    """Run :func:`~benchmarks.quality.calibrate.calibration` per seed; print and return mean, std.
 
     Returns:
         ``{"n_samples", "n_reference", "seeds", "scores": {candidate: {metric: [mean, std]}}}``.
@@ -171,8 +161,14 @@ def summarize_calibration(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", choices=[*DATASET_IMAGE_SIZES, "all"], default="digits")
-    parser.add_argument("--out-dir", type=Path, default=ASSETS_DIR, help="where assets live")
+    parser.add_argument("--dataset", choices=[*SHIPPED_CLASSIFIERS, "all"], default="digits")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=WEIGHTS_DIR,
+        help="where the classifier files are written (default: the package's own, which "
+        "diffusionkit.metrics and diffusionkit eval load)",
+    )
     parser.add_argument("--calibrate-only", action="store_true", help="skip training")
     parser.add_argument("--n-samples", type=int, default=1000, help="images per candidate")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -185,9 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    datasets = list(DATASET_IMAGE_SIZES) if args.dataset == "all" else [args.dataset]
+    datasets = list(SHIPPED_CLASSIFIERS) if args.dataset == "all" else [args.dataset]
     for dataset in datasets:
-        stem = args.out_dir / asset_paths(dataset)[1].stem  # e.g. <out-dir>/digits_classifier
+        stem = args.out_dir / classifier_files(dataset)[1].stem  # e.g. <out-dir>/digits_classifier
         if not args.calibrate_only:
             print(f"Training the {dataset} classifier")
             model, metadata = train_classifier(dataset)
@@ -203,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             model = load_classifier(stem)
             split = dataset_split(dataset)
-            acc = accuracy(model, split.test_images, split.test_labels)
+            acc = classifier_accuracy(model, split.test_images, split.test_labels)
             print(f"{dataset}: classifier {stem}, held-out accuracy {acc:.4f}")
             summarize_calibration(dataset, args.n_samples, args.seeds, classifier=model)
 

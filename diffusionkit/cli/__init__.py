@@ -1,4 +1,4 @@
-"""The ``diffusionkit`` command line: ``train``, ``sample`` and ``push``.
+"""The ``diffusionkit`` command line: ``train``, ``sample``, ``eval`` and ``push``.
 
 Installed as the ``diffusionkit`` console script and runnable as ``python -m diffusionkit``.
 Errors are reported as one line on stderr with a non-zero exit status (2: a wrong command
@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from diffusionkit._version import __version__
+from diffusionkit.cli import eval as eval_
 from diffusionkit.cli import push, sample, train
 from diffusionkit.cli.errors import (
     DEBUG_ENV,
@@ -27,14 +28,14 @@ __all__ = ["build_parser", "main"]
 # errors whose message is the whole story: bad input, files, missing packages, NaN loss
 _EXPECTED = (ValueError, TypeError, KeyError, OSError, ImportError, FloatingPointError)
 
-_COMMANDS = {"train": train.run, "sample": sample.run, "push": push.run}
+_COMMANDS = {"train": train.run, "sample": sample.run, "eval": eval_.run, "push": push.run}
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``diffusionkit`` argument parser with its subcommands."""
     parser = OneLineParser(
         prog="diffusionkit",
-        description="Train, sample and share DDPM models (Ho et al. 2020).",
+        description="Train, sample, evaluate and share DDPM models (Ho et al. 2020).",
         epilog="Run 'diffusionkit COMMAND --help' for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"diffusionkit {__version__}")
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     train.add_parser(sub)
     sample.add_parser(sub)
+    eval_.add_parser(sub)
     push.add_parser(sub)
     return parser
 

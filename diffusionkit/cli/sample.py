@@ -11,15 +11,25 @@ all``).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from diffusionkit.cli.errors import EXIT_USAGE, CLIError
+from diffusionkit.cli.model_options import (
+    HelpFormatter,
+    add_loading_arguments,
+    add_model_argument,
+    build_sampler,
+    chain_steps,
+    check_count,
+    check_local,
+    check_output,
+    device_of,
+    image_size_of,
+)
 from diffusionkit.cli.options import number, positive_int
-from diffusionkit.limits import LimitError, check_sample_count
 
 __all__ = ["DEFAULT_COUNT", "Conditions", "add_parser", "image_size_of", "parse_labels", "run"]
 
@@ -27,16 +37,6 @@ __all__ = ["DEFAULT_COUNT", "Conditions", "add_parser", "image_size_of", "parse_
 DEFAULT_COUNT = 64
 #: ``--labels`` value meaning every class in turn
 ALL_LABELS = "all"
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default, unless it is None or False or its help already says it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if action.default is None or action.default is False or "default" in text:
-            return text
-        return super()._get_help_string(action) or text
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -52,11 +52,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "write them as one grid image, optionally with a GIF of the denoising chain. "
             "The EMA weights are used when the model has them."
         ),
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument(
-        "--model", required=True, metavar="PATH_OR_REPO", help="run folder or Hub repo id"
-    )
+    add_model_argument(parser)
     parser.add_argument(
         "-n",
         "--num",
@@ -124,42 +122,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--gif", default=None, metavar="FILE", help="also write the denoising chain as a GIF"
     )
-    parser.add_argument(
-        "--image-size",
-        type=positive_int(1),
-        default=None,
-        metavar="S",
-        help="image size SxS (default: the size the run was trained at, from its "
+    add_loading_arguments(
+        parser,
+        image_size_help="image size SxS (default: the size the run was trained at, from its "
         "train_config.json; required for Hub repos)",
-    )
-    parser.add_argument(
-        "--no-ema", action="store_true", help="use the raw trained weights instead of the EMA"
-    )
-    parser.add_argument("--device", default="cpu", metavar="DEV", help="device to sample on")
-    parser.add_argument(
-        "--revision", default=None, metavar="REV", help="branch, tag or commit of a Hub repo"
+        device_help="device to sample on",
     )
     return parser
-
-
-def image_size_of(model_ref: str, given: int | None) -> int:
-    """The image size to sample at: ``given``, or the one recorded by ``diffusionkit train``."""
-    if given is not None:
-        return given
-    from diffusionkit.cli.train import TRAIN_CONFIG
-
-    saved = Path(model_ref) / TRAIN_CONFIG
-    if saved.is_file():
-        try:
-            size = json.loads(saved.read_text(encoding="utf-8")).get("image_size")
-        except (OSError, json.JSONDecodeError) as error:
-            raise CLIError(f"cannot read {saved}: {error}") from None
-        if isinstance(size, int) and size > 0:
-            return size
-    raise CLIError(
-        f"{model_ref} does not record the image size it was trained at; pass --image-size",
-        EXIT_USAGE,
-    )
 
 
 def parse_labels(value: str) -> list[int] | str:
@@ -279,73 +248,20 @@ def _read_conds(path: Path, size: int, channels: int) -> tuple[Any, str]:
     return torch.stack([load_image(f, (size, size), channels) for f in files]), where
 
 
-def _check_local(model_ref: str) -> None:
-    folder = Path(model_ref)
-    if not folder.is_dir():
-        return
-    if not (folder / "config.json").is_file():
-        from diffusionkit.training.checkpoint import CHECKPOINTS_DIRNAME, list_checkpoints
-
-        if list_checkpoints(folder / CHECKPOINTS_DIRNAME):
-            raise CLIError(
-                f"{folder} holds an unfinished training run (checkpoints but no exported "
-                f"model yet); finish it with: diffusionkit train --out {folder} --resume"
-            )
-        raise CLIError(f"{folder} holds no model (no config.json)")
-
-
-def _check_count(n: int) -> None:
-    try:
-        check_sample_count(n, "-n/--num")
-    except LimitError as error:
-        raise CLIError(str(error), EXIT_USAGE) from None
-
-
-def _build_sampler(name: str) -> Any:
-    """The sampler registered as ``name``, with its defaults (the model's x0 processing
-    applies to it as to every sampler)."""
-    from diffusionkit.samplers import SAMPLERS
-
-    try:
-        return SAMPLERS.build(name)
-    except (KeyError, ValueError) as error:
-        raise CLIError(f"--sampler: {error.args[0]}", EXIT_USAGE) from None
-
-
-def _check_output(path: str | None, flag: str) -> None:
-    """Refuse an output path that cannot be written, before any sampling is done."""
-    if path is None:
-        return
-    target = Path(path)
-    if target.is_dir():
-        raise CLIError(
-            f"{flag} {target} is a folder; name the file to write, e.g. {target / 'samples.png'}",
-            EXIT_USAGE,
-        )
-    for parent in target.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise CLIError(f"{flag} {target}: {parent} is a file, not a folder", EXIT_USAGE)
-            break
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``diffusionkit sample``; returns the exit status."""
-    _check_output(args.out, "--out")
-    _check_output(args.gif, "--gif")
+    check_output(args.out, "--out")
+    check_output(args.gif, "--gif", "denoise.gif")
     import torch
 
     from diffusionkit import DenoiseDiffusion
     from diffusionkit.utils import FrameRecorder, save_gif, save_grid
 
     if args.num is not None:
-        _check_count(args.num)
-    sampler = None if args.sampler is None else _build_sampler(args.sampler)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise CLIError(f"--device {args.device!r} is not a device name", EXIT_USAGE) from None
-    _check_local(args.model)
+        check_count(args.num)
+    sampler = None if args.sampler is None else build_sampler(args.sampler)
+    device = device_of(args.device)
+    check_local(args.model)
     model = DenoiseDiffusion.from_pretrained(
         args.model, revision=args.revision, map_location=device, use_ema=not args.no_ema
     )
@@ -354,23 +270,17 @@ def run(args: argparse.Namespace) -> int:
     size = image_size_of(args.model, args.image_size)
     steps = args.steps
     chosen = sampler or model.sampler
-    chain_steps = model.timesteps if steps is None else chosen.steps_for_calls(steps, True)
-    if chain_steps > model.timesteps:
-        raise CLIError(
-            f"--steps {steps}: more network calls than {chosen.name or chosen} makes over the "
-            f"model's {model.timesteps} timesteps",
-            EXIT_USAGE,
-        )
+    chain = chain_steps(model, sampler, steps)
     channels = getattr(model.net, "in_channels", None) or 3
     try:
         model.check_shape((1, channels, size, size))
     except ValueError as error:
         raise CLIError(f"--image-size {size}: {error}", EXIT_USAGE) from None
     conditions = _conditions(args, model.net, size)
-    _check_count(conditions.n)
+    check_count(conditions.n)
     shape = (conditions.n, channels, size, size)
     nrow = conditions.columns or max(1, round(math.sqrt(conditions.n)))
-    recorder = FrameRecorder(chain_steps, nrow=nrow) if args.gif else None
+    recorder = FrameRecorder(chain, nrow=nrow) if args.gif else None
     samples = model.reverse_sample(
         shape,
         generator=torch.Generator().manual_seed(args.seed),
