@@ -386,33 +386,64 @@ def _conditional_md(r: dict[str, Any]) -> list[str]:
 
 
 def _likelihood_md(r: dict[str, Any]) -> list[str]:
-    rows = r["rows"]
-    calls = r["calls"]
+    calls, at = r["calls"], r["fd_calls"]
     lines = [
-        f"Two models trained alike (`{r['command']}`, the main job's settings); bits/dim of "
-        "the bound on the 359 held-out digits (8-bit, all T terms; mean ± standard error); FD "
-        f"of {r['n_samples']} samples of the model's DDPM sampler (which uses the learned "
-        f"variance) at each number of network calls, mean of seeds {r['seeds']} (lower is "
-        "better).",
+        "Pairs of models trained alike (`diffusionkit train --data digits [--learned-variance]`, "
+        "the main job's settings at three budgets); bits/dim of the bound on the 359 held-out "
+        "digits (8-bit, all T terms; mean ± standard error); FD of "
+        f"{r['n_samples']} samples of the model's DDPM sampler (which uses the learned variance) "
+        f"at each number of network calls, mean of seeds {r['seeds']}, and of seeds "
+        f"{r['target_seeds']} at {at} calls (lower is better).",
         "",
-        "| variance | bits/dim | "
-        + " | ".join(f"FD, {c} calls" for c in calls)
-        + " | NLL time / sampling time (64 images, all T) |",
-        "|---|---|" + "---|" * len(calls) + "---|",
+        "| budget | variance | bits/dim | " + " | ".join(f"FD, {c} calls" for c in calls) + " |",
+        "|---|---|---|" + "---|" * len(calls),
     ]
-    for name, row in rows.items():
-        fds = " | ".join(f"{row['fd'][str(c)]['fd']:.3f}" for c in calls)
-        lines.append(
-            f"| {name} | {row['bpd']:.3f} ± {row['bpd_stderr']:.3f} | {fds} | "
-            f"{row['cost']['ratio']:.2f} |"
-        )
-    worst_ratio = max(row["cost"]["ratio"] for row in rows.values())
+    for budget in r["budgets"]:
+        for name, row in budget["rows"].items():
+            fds = " | ".join(f"{row['fd'][str(c)]['fd']:.3f}" for c in calls)
+            lines.append(
+                f"| {budget['name']} | {name} | {row['bpd']:.3f} ± {row['bpd_stderr']:.3f} | "
+                f"{fds} |"
+            )
     lines += [
         "",
-        f"Learned variance lowers bits/dim: {_mark(r['bpd_met'])}. Learned variance wins on FD "
-        f"at {r['fd_calls']} calls with the same sampler: {_mark(r['fd_met'])}. NLL over all T "
-        f"terms within 2x of sampling with all T steps: {_mark(worst_ratio <= 2.0)}.",
+        f"At {at} calls, seed by seed (the same starting noise for both models): the learned "
+        "variance's FD minus the fixed one's, and the same for the learned-variance network "
+        "sampled with the fixed beta_tilde (its prediction alone), mean ± standard error over "
+        f"{len(r['target_seeds'])} seeds (negative: better than the fixed-variance model).",
+        "",
+        "| budget | fixed | learned | learned − fixed (seeds won) | learned network, "
+        "beta_tilde | its − fixed |",
+        "|---|---|---|---|---|---|",
     ]
+    for budget in r["budgets"]:
+        rows, d, p = budget["rows"], budget["fd_difference"], budget["fd_difference_prediction"]
+        lines.append(
+            f"| {budget['name']} | {rows['fixed (beta_tilde)']['fd'][str(at)]['fd']:.3f} | "
+            f"{rows['learned']['fd'][str(at)]['fd']:.3f} | {d['mean']:+.3f} ± {d['stderr']:.3f} "
+            f"({d['wins']} of {d['n']}) | {budget['learned_prediction_fd']['fd']:.3f} | "
+            f"{p['mean']:+.3f} ± {p['stderr']:.3f} |"
+        )
+    timed = [(b, row) for b in r["budgets"] for row in b["rows"].values() if "cost" in row]
+    lines += [""]
+    if timed:
+        ratios = ", ".join(
+            f"{name} {row['cost']['ratio']:.2f}"
+            for b, row in timed
+            for name in [k for k, v in b["rows"].items() if v is row]
+        )
+        lines.append(
+            f"NLL over all T terms / sampling with all T steps, 64 images ({timed[0][0]['name']}):"
+            f" {ratios}."
+        )
+        lines.append("")
+    worst_ratio = max((row["cost"]["ratio"] for _, row in timed), default=float("inf"))
+    wins = ", ".join(f"{b['name']}: {_mark(b['fd_met'])}" for b in r["budgets"])
+    lines.append(
+        f"Learned variance lowers bits/dim: {_mark(r['bpd_met'])}. Learned variance wins on FD "
+        f"at {at} calls with the same sampler: {wins}. NLL over all T terms within 2x of "
+        f"sampling with all T steps: {_mark(worst_ratio <= 2.0)}."
+    )
     return lines
 
 
@@ -631,29 +662,37 @@ def solvers_chart(r: dict[str, Any], path: Path) -> None:
 
 def likelihood_chart(r: dict[str, Any], path: Path) -> None:
     """Benchmark 8 for the likelihood page: the bound's terms against the timestep, and FD
-    against network calls, fixed and learned variances."""
+    against network calls, fixed (solid) and learned (dashed) variances, one colour a budget."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for name, row in r["rows"].items():
-        terms = row["terms_by_timestep"]
-        left.plot(range(1, len(terms) + 1), terms, label=f"{name}: {row['bpd']:.3f} bits/dim")
-        right.plot(r["calls"], [row["fd"][str(c)]["fd"] for c in r["calls"]], "o-", label=name)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4))
+    for k, budget in enumerate(r["budgets"]):
+        colour = f"C{k}"
+        for name, row in budget["rows"].items():
+            style = "-" if name.startswith("fixed") else "--"
+            terms = row["terms_by_timestep"]
+            steps = [t / len(terms) for t in range(1, len(terms) + 1)]
+            label = f"{budget['name']}, {name}"
+            left.plot(
+                steps, terms, style, color=colour, label=f"{label}: {row['bpd']:.3f} bits/dim"
+            )
+            fds = [row["fd"][str(c)]["fd"] for c in r["calls"]]
+            right.plot(r["calls"], fds, "o" + style, color=colour)
     left.set_xscale("log")
     left.set_yscale("log")
-    left.set_xlabel("step t (paper numbering; t = 1 is the decoder)")
+    left.set_xlabel("t / T (t = 1 is the decoder)")
     left.set_ylabel("mean term of the bound (bits/dim)")
     left.set_title("Where the bits go: held-out digits", fontsize=10)
-    left.legend(fontsize=8)
+    left.legend(fontsize=7)
     right.set_xscale("log")
+    right.set_yscale("log")
     right.set_xticks(r["calls"], [str(c) for c in r["calls"]])
     right.set_xlabel("network calls (DDPM ancestral sampler)")
     right.set_ylabel("Frechet distance (classifier features)")
-    right.set_title("Sample quality against calls", fontsize=10)
-    right.legend(fontsize=8)
+    right.set_title("Sample quality against calls (solid: fixed, dashed: learned)", fontsize=10)
     fig.tight_layout()
     try:
         atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=72, format="png"))
