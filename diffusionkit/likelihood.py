@@ -156,30 +156,18 @@ def bound_term(
         model_log_variance: ``log Sigma_theta``, ``(B, C, H, W)`` or ``(B, 1, 1, 1)``.
         schedule: the model's schedule.
     """
-    model_mean, kl = _kl_term(x0, x_t, t, x0_hat, model_log_variance, schedule)
-    decoder = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_variance)
-    return torch.where(t == 0, _per_sample_bits(decoder), _per_sample_bits(kl))
+    args = (x0, x_t, t, x0_hat, model_log_variance, schedule)
+    return torch.where(t == 0, _decoder_bits(*args), _kl_bits(*args))
 
 
-def _kl_term(
-    x0: Tensor,
-    x_t: Tensor,
-    t: Tensor,
-    x0_hat: Tensor,
-    model_log_variance: Tensor,
-    schedule: NoiseSchedule,
-) -> tuple[Tensor, Tensor]:
-    """``(mu_theta, KL)`` per element, both ``(B, C, H, W)`` (arguments as :func:`bound_term`)."""
-    c0 = _at(schedule.posterior_mean_coef_x0, t, x0)
-    ct = _at(schedule.posterior_mean_coef_xt, t, x0)
-    true_mean = c0 * x0 + ct * x_t
-    true_log_variance = _at(schedule.posterior_log_variance_clipped, t, x0)
-    model_mean = c0 * x0_hat + ct * x_t
-    return model_mean, normal_kl(true_mean, true_log_variance, model_mean, model_log_variance)
+def _posterior_mean(x_t: Tensor, t: Tensor, x0: Tensor, schedule: NoiseSchedule) -> Tensor:
+    """``mu_tilde_t(x_t, x0)`` ``(B, C, H, W)`` (Ho et al. 2020, eq. 7); with the model's
+    ``x0_hat`` in place of ``x0`` it is the reverse step's mean ``mu_theta``."""
+    c0 = _at(schedule.posterior_mean_coef_x0, t, x_t)
+    return c0 * x0 + _at(schedule.posterior_mean_coef_xt, t, x_t) * x_t
 
 
-def _term_at(
-    first: int,
+def _kl_bits(
     x0: Tensor,
     x_t: Tensor,
     t: Tensor,
@@ -187,13 +175,28 @@ def _term_at(
     model_log_variance: Tensor,
     schedule: NoiseSchedule,
 ) -> Tensor:
-    """:func:`bound_term` for a stratum whose timesteps are all 0 (``first == 0``: the
-    decoder alone) or all positive (the KL alone), without computing the other."""
-    model_mean, kl = _kl_term(x0, x_t, t, x0_hat, model_log_variance, schedule)
-    if first > 0:
-        return _per_sample_bits(kl)
-    log_scale = 0.5 * model_log_variance
-    return _per_sample_bits(-discretized_gaussian_log_likelihood(x0, model_mean, log_scale))
+    """``KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t))`` in bits/dim ``(B,)``, the
+    term where ``t > 0`` (arguments as :func:`bound_term`)."""
+    true_mean = _posterior_mean(x_t, t, x0, schedule)
+    true_log_variance = _at(schedule.posterior_log_variance_clipped, t, x0)
+    model_mean = _posterior_mean(x_t, t, x0_hat, schedule)
+    kl = normal_kl(true_mean, true_log_variance, model_mean, model_log_variance)
+    return _per_sample_bits(kl)
+
+
+def _decoder_bits(
+    x0: Tensor,
+    x_t: Tensor,
+    t: Tensor,
+    x0_hat: Tensor,
+    model_log_variance: Tensor,
+    schedule: NoiseSchedule,
+) -> Tensor:
+    """The decoder's ``-log p_theta(x_0 | x_1)`` in bits/dim ``(B,)``, the term where ``t = 0``
+    (arguments as :func:`bound_term`)."""
+    model_mean = _posterior_mean(x_t, t, x0_hat, schedule)
+    nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_variance)
+    return _per_sample_bits(nll)
 
 
 def prior_term(x0: Tensor, schedule: NoiseSchedule) -> Tensor:
@@ -289,7 +292,9 @@ def variational_bound(
         x_t = q_sample(x0, a, _at(schedule.sqrt_one_minus_alphas_cumprod, t, x0), noise)
         x0_hat, log_variance = model(x_t, t)
         x_t, x0_hat, log_variance = x_t.double(), x0_hat.double(), log_variance.double()
-        term = _term_at(first, x0_64, x_t, t, x0_hat, log_variance, schedule)
+        term = (_kl_bits if first > 0 else _decoder_bits)(
+            x0_64, x_t, t, x0_hat, log_variance, schedule
+        )
         terms.append(term.cpu())
         visited.append(t.cpu())
     weights = (strata[:, 1] - strata[:, 0]).double()
