@@ -7,6 +7,8 @@ For data ``x0 ~ N(m, s² I)`` and ``x_t = a x0 + b eps`` (``a = sqrt(abar_t)``,
 * ``E[eps | x_t] = b (x_t - a m) / (a² s² + b²)``
 * ``E[x0 | x_t] = m + a s² (x_t - a m) / (a² s² + b²)``
 * ``E[v | x_t] = a E[eps | x_t] - b E[x0 | x_t]``
+
+Also :class:`FixedV`, which makes any fixed-variance network a learned-variance one.
 """
 
 from __future__ import annotations
@@ -40,3 +42,15 @@ class GaussianOracle(nn.Module):
 def seeded(seed: int) -> torch.Generator:
     """A CPU generator seeded with ``seed``."""
     return torch.Generator().manual_seed(seed)
+
+
+class FixedV(nn.Module):
+    """A learned-variance network made of a fixed-variance one and a constant ``v``."""
+
+    def __init__(self, base: nn.Module, v: float) -> None:
+        super().__init__()
+        self.base, self.v = base, v
+
+    def forward(self, x: Tensor, t: Tensor, **cond) -> Tensor:
+        out = self.base(x, t, **cond)
+        return torch.cat([out, torch.full_like(out, self.v)], dim=1)

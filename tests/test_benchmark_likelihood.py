@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import Tensor, nn
+from oracles import FixedV
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `benchmarks` is a folder of the repository, not of the package
@@ -18,24 +18,12 @@ from benchmarks import likelihood, report  # noqa: E402
 from diffusionkit import ClipX0, CosineSchedule, DenoiseDiffusion, UNet  # noqa: E402
 
 
-class _WithV(nn.Module):
-    """A learned-variance network: ``base``'s prediction and a constant ``v``."""
-
-    def __init__(self, base: nn.Module, v: float) -> None:
-        super().__init__()
-        self.base, self.v = base, v
-
-    def forward(self, x: Tensor, t: Tensor, **cond) -> Tensor:
-        out = self.base(x, t, **cond)
-        return torch.cat([out, torch.full_like(out, self.v)], dim=1)
-
-
 def test_prediction_only_samples_like_the_fixed_variance_model_of_the_same_prediction():
     torch.manual_seed(0)
     base = UNet(in_channels=1, dim=8, dim_mults=(1, 2), attns=(False, False), groups=4)
     schedule = CosineSchedule(20)
     learned = DenoiseDiffusion(
-        _WithV(base, 0.7), schedule, learned_variance=True, x0_processing=ClipX0()
+        FixedV(base, 0.7), schedule, learned_variance=True, x0_processing=ClipX0()
     )
     fixed = DenoiseDiffusion(base, schedule, x0_processing=ClipX0())
     ablation = likelihood.prediction_only(learned)

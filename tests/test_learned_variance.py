@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from oracles import seeded
+from oracles import FixedV, seeded
 from torch import Tensor, nn
 
 from diffusionkit import (
@@ -35,18 +35,6 @@ def tiny_unet(out_factor: int = 1, **kwargs) -> UNet:
         groups=4,
         **kwargs,
     )
-
-
-class FixedV(nn.Module):
-    """A learned-variance network made of a fixed-variance one and a constant ``v``."""
-
-    def __init__(self, base: nn.Module, v: float) -> None:
-        super().__init__()
-        self.base, self.v = base, v
-
-    def forward(self, x: Tensor, t: Tensor, **cond) -> Tensor:
-        out = self.base(x, t, **cond)
-        return torch.cat([out, torch.full_like(out, self.v)], dim=1)
 
 
 @pytest.mark.parametrize(
