@@ -424,20 +424,22 @@ def _likelihood_md(r: dict[str, Any]) -> list[str]:
             f"({d['wins']} of {d['n']}) | {budget['learned_prediction_fd']['fd']:.3f} | "
             f"{p['mean']:+.3f} ± {p['stderr']:.3f} |"
         )
-    timed = [(b, row) for b in r["budgets"] for row in b["rows"].values() if "cost" in row]
+    # (budget, variance, cost) of the pairs whose cost was measured
+    timed = [
+        (b["name"], name, row["cost"])
+        for b in r["budgets"]
+        for name, row in b["rows"].items()
+        if "cost" in row
+    ]
     lines += [""]
     if timed:
-        ratios = ", ".join(
-            f"{name} {row['cost']['ratio']:.2f}"
-            for b, row in timed
-            for name in [k for k, v in b["rows"].items() if v is row]
-        )
-        lines.append(
-            f"NLL over all T terms / sampling with all T steps, 64 images ({timed[0][0]['name']}):"
-            f" {ratios}."
-        )
-        lines.append("")
-    worst_ratio = max((row["cost"]["ratio"] for _, row in timed), default=float("inf"))
+        ratios = ", ".join(f"{name} {c['ratio']:.2f}" for _, name, c in timed)
+        lines += [
+            f"NLL over all T terms / sampling with all T steps, 64 images ({timed[0][0]}): "
+            f"{ratios}.",
+            "",
+        ]
+    worst_ratio = max((c["ratio"] for _, _, c in timed), default=float("inf"))
     wins = ", ".join(f"{b['name']}: {_mark(b['fd_met'])}" for b in r["budgets"])
     lines.append(
         f"Learned variance lowers bits/dim: {_mark(r['bpd_met'])}. Learned variance wins on FD "
